@@ -1,0 +1,7 @@
+"""`python -m chronos` is the `chronos` command."""
+
+from __future__ import annotations
+
+from chronos.cli import main
+
+main()

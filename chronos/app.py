@@ -1,0 +1,121 @@
+"""The library API: `Chronos` owns the engine and offers every command as a method."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from chronos import db, ingestion, inspection, migrate
+from chronos.ingestion import DEFAULT_MAX_EVENT_BYTES, IngestReport, Progress
+
+
+class Chronos:
+    """A Chronos database.
+
+    Args:
+        url: a SQLAlchemy URL or a bare SQLite path; default `CHRONOS_DB`, then
+            `sqlite:///chronos.db`.
+        synchronous: SQLite's durability, FULL (an accepted event survives power loss)
+            or NORMAL (faster; the last commits before a power loss may be lost).
+        clock: where "now" comes from; tests and the simulation pass their own.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        synchronous: str = "FULL",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if synchronous not in db.SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(db.SYNCHRONOUS)}")
+        self.url = db.resolve_url(url)
+        self.synchronous = synchronous
+        self.clock = clock
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of a database at this version's schema.
+
+        Raises:
+            NotMigrated: the database is missing or not at head.
+        """
+        if self._engine is None:
+            engine = db.create_engine(self.url, synchronous=self.synchronous)
+            try:
+                migrate.require_current(engine)
+            except BaseException:
+                engine.dispose()
+                raise
+            self._engine = engine
+        return self._engine
+
+    def describe(self) -> str:
+        """Name the database for messages."""
+        return db.describe(self.url)
+
+    def migrate(self) -> str:
+        """Create or upgrade the schema; idempotent. Return the revision now in place."""
+        engine = db.create_engine(self.url, synchronous=self.synchronous, must_exist=False)
+        try:
+            with db.translated(f"migrating {self.describe()}"):
+                return migrate.upgrade(engine)
+        finally:
+            engine.dispose()
+
+    def ingest(
+        self,
+        path: str,
+        *,
+        source: str | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        rejects: str | None = None,
+        batch: int = ingestion.DEFAULT_BATCH,
+        progress: Progress | None = None,
+    ) -> IngestReport:
+        """Accept the JSON Lines of `path` (`-` for stdin, `.gz` allowed)."""
+        return ingestion.Ingest(
+            self.engine,
+            path,
+            source=source,
+            max_event_bytes=max_event_bytes,
+            rejects=rejects,
+            batch=batch,
+            progress=progress,
+            clock=self.clock,
+        ).run()
+
+    def inspect(self, event_id: int) -> dict[str, Any]:
+        """Return one event with its state, result, replay links and history."""
+        with db.translated("reading the event"), self._read() as conn:
+            return inspection.event_detail(conn, event_id)
+
+    def stats(self) -> dict[str, Any]:
+        """Return counts by state, backlog, oldest waiting event and throughput."""
+        with db.translated("reading the queue"), self._read() as conn:
+            return inspection.queue_stats(conn, now=self.clock())
+
+    def _read(self) -> Any:
+        return self.engine.connect().execution_options(**db.READ_ONLY)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def __enter__(self) -> Chronos:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,238 @@
+"""The `chronos` command: thin wrappers over `Chronos`, with one error boundary."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+from chronos import render
+from chronos.app import Chronos
+from chronos.errors import ChronosError
+from chronos.ingestion import DEFAULT_MAX_EVENT_BYTES, IngestReport
+
+app = typer.Typer(
+    help="Chronos: a durable queue for time-ordered telemetry.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Options:
+    db: str | None = None
+    debug: bool = False
+    synchronous: str = "FULL"
+
+
+options = _Options()
+
+
+@app.callback()
+def _global(
+    db: Annotated[
+        str | None,
+        typer.Option("--db", envvar="CHRONOS_DB", help="Database URL or SQLite file path."),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    sync: Annotated[
+        str,
+        typer.Option(
+            "--sync",
+            help="SQLite durability: FULL (default) or NORMAL (faster, may lose the last "
+            "commits on power loss).",
+        ),
+    ] = "FULL",
+) -> None:
+    """Chronos: a durable queue for time-ordered telemetry."""
+    options.db = db
+    options.debug = debug
+    options.synchronous = sync.upper()
+    if options.synchronous == "NORMAL":
+        err.print(
+            "warning: --sync NORMAL: events accepted in the last moments before a power loss "
+            "or OS crash may be lost (a process crash loses nothing)"
+        )
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"error: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _boundary() -> Iterator[None]:
+    """Turn every Chronos error into one line on stderr and the documented exit code."""
+    try:
+        yield
+    except ChronosError as exc:
+        if options.debug:
+            raise
+        _fail(str(exc), exc.exit_code)
+    except ValueError as exc:
+        if options.debug:
+            raise
+        _fail(str(exc), 2)
+
+
+def command(fn: F) -> F:
+    """Register `fn` as a command running inside the error boundary."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _boundary():
+            return fn(*args, **kwargs)
+
+    app.command()(wrapper)
+    return fn
+
+
+def _chronos() -> Chronos:
+    return Chronos(options.db, synchronous=options.synchronous)
+
+
+def _print_json(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str), highlight=False)
+
+
+@command
+def migrate() -> None:
+    """Create or upgrade the database schema; safe to repeat.
+
+    Example: chronos --db events.db migrate
+    """
+    with _chronos() as chronos:
+        revision = chronos.migrate()
+        out.print(f"{chronos.describe()} is at schema revision {revision}")
+
+
+@contextmanager
+def _progress(path: str) -> Iterator[Callable[[int, int], None] | None]:
+    if not err.is_terminal or path == "-":
+        yield None
+        return
+    plain = not path.endswith(".gz") and os.path.exists(path)
+    total = os.path.getsize(path) if plain else None
+    with Progress(
+        TextColumn("ingesting"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[lines]:,} lines"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("ingest", total=total, lines=0)
+        yield lambda done, lines: bar.update(task, completed=done, lines=lines)
+
+
+def _summary(report: IngestReport) -> None:
+    if report.resumed_at_line and not report.lines:
+        out.print(
+            f"nothing new: ingest #{report.run_id} already covered all "
+            f"{report.resumed_at_line:,} lines of {report.input}"
+        )
+    elif report.resumed_at_line:
+        out.print(
+            f"resumed interrupted ingest #{report.run_id} after line {report.resumed_at_line:,}"
+        )
+    out.print(
+        f"accepted {report.accepted:,}  duplicates {report.duplicates:,}  "
+        f"rejected {report.rejected:,}  ({report.lines:,} lines in {report.seconds:.1f} s)"
+    )
+    if report.resumed_at_line:
+        out.print(
+            f"whole input: accepted {report.total_accepted:,}  duplicates "
+            f"{report.total_duplicates:,}  rejected {report.total_rejected:,}"
+        )
+
+
+@command
+def ingest(
+    file: Annotated[str, typer.Argument(help="JSON Lines file, FILE.gz, or - for stdin.")],
+    source: Annotated[
+        str | None, typer.Option(help="Source for lines without one (default: the file name).")
+    ] = None,
+    rejects: Annotated[
+        str | None, typer.Option(help="Write every rejected line here as JSON Lines.")
+    ] = None,
+    max_event_bytes: Annotated[
+        int, typer.Option(help="Reject lines larger than this many bytes.")
+    ] = DEFAULT_MAX_EVENT_BYTES,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Accept events from a JSON Lines file; exit 1 if any line was rejected.
+
+    Example: chronos ingest telemetry.jsonl --rejects rejected.jsonl
+    """
+    with _chronos() as chronos, _progress(file) as progress:
+        report = chronos.ingest(
+            file,
+            source=source,
+            max_event_bytes=max_event_bytes,
+            rejects=rejects,
+            progress=progress,
+        )
+    for rejection in report.rejections[:20]:
+        err.print(f"line {rejection.line_no}: {rejection.reason}", markup=False)
+    if report.rejected > 20:
+        err.print(f"... and {report.rejected - 20:,} more rejected lines (see --rejects)")
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        _summary(report)
+    if report.rejected:
+        raise typer.Exit(1)
+
+
+@command
+def inspect(
+    event_id: Annotated[int, typer.Argument(help="The event's id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one event: state, attempts, payload, result and its whole history.
+
+    Example: chronos inspect 42 --json
+    """
+    with _chronos() as chronos:
+        detail = chronos.inspect(event_id)
+    if as_json:
+        _print_json(detail)
+    else:
+        render.event(out, detail)
+
+
+@command
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show counts by state, the backlog, the oldest waiting event and throughput.
+
+    Example: chronos stats --json
+    """
+    with _chronos() as chronos:
+        data = chronos.stats()
+    if as_json:
+        _print_json(data)
+    else:
+        render.stats(out, data)
+
+
+def main() -> None:
+    """Run the command line."""
+    app(prog_name="chronos")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,96 @@
+"""Human-readable output for the CLI: tables and times. JSON output needs none of this."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+TIME_FIELDS = (
+    "event_time",
+    "available_at",
+    "lease_expires_at",
+    "created_at",
+    "updated_at",
+    "processed_at",
+)
+
+
+def iso(seconds: float | None) -> str:
+    """Render Unix seconds as RFC 3339 UTC with milliseconds."""
+    if seconds is None:
+        return "-"
+    moment = dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event(console: Console, detail: dict[str, Any]) -> None:
+    """Print one event and its history."""
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for name in (
+        "id",
+        "state",
+        "source",
+        "key",
+        "type",
+        "event_time",
+        "attempts",
+        "available_at",
+        "lease_owner",
+        "lease_expires_at",
+        "last_error",
+        "created_at",
+        "replay_of",
+        "replays",
+        "processed_at",
+        "processed_by",
+    ):
+        if name not in detail:
+            continue
+        value = detail[name]
+        if value is None or value == []:
+            continue
+        text = iso(value) if name in TIME_FIELDS else str(value)
+        table.add_row(name, text)
+    table.add_row("payload", json.dumps(detail["payload"], ensure_ascii=False))
+    if detail.get("result") is not None:
+        table.add_row("result", json.dumps(detail["result"], ensure_ascii=False))
+    console.print(table)
+    history = Table(title="history", title_justify="left")
+    history.add_column("at", no_wrap=True)
+    for column in ("from", "to", "actor", "attempt", "detail"):
+        history.add_column(column, overflow="fold")
+    for step in detail["history"]:
+        history.add_row(
+            iso(step["at"]),
+            step["from_state"] or "-",
+            step["to_state"],
+            step["actor"],
+            str(step["attempt"]),
+            step["detail"] or "",
+        )
+    console.print(history)
+
+
+def stats(console: Console, data: dict[str, Any]) -> None:
+    """Print counts by state and the queue's health."""
+    table = Table(show_header=True)
+    table.add_column("state")
+    table.add_column("events", justify="right")
+    for state, count in data["counts"].items():
+        table.add_row(state, f"{count:,}")
+    table.add_row("total", f"{data['total']:,}", style="bold")
+    console.print(table)
+    age = data["oldest_waiting_age_s"]
+    console.print(
+        f"backlog {data['backlog']:,}  in flight {data['in_flight']:,}  "
+        f"expired leases {data['expired_leases']:,}  "
+        f"oldest waiting {data['oldest_waiting_id'] or '-'}"
+        + (f" ({age:.1f} s)" if age is not None else "")
+        + f"  processed in the last minute {data['processed_last_minute']:,}"
+    )

@@ -1,0 +1,167 @@
+"""Turn one raw input line into an event to accept, or a reason to reject it. No I/O."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+MAX_DEPTH = 64
+MAX_FIELD_CHARS = 512
+_RFC3339 = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+_MIN_TS = dt.datetime(1, 1, 2, tzinfo=dt.UTC).timestamp()
+_MAX_TS = dt.datetime(9999, 12, 30, tzinfo=dt.UTC).timestamp()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A line that passed validation, ready to be inserted."""
+
+    line_no: int
+    source: str
+    key: str | None
+    type: str | None
+    event_time: float
+    payload: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A line that was not accepted, and why."""
+
+    line_no: int
+    reason: str
+    raw: str
+
+
+class Invalid(ValueError):
+    """The line breaks a rule; the message says which."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise Invalid(f"not JSON: {name} is not a JSON value")
+
+
+def parse_timestamp(value: Any) -> float:
+    """Return Unix seconds for an RFC 3339 string with a zone, or a finite number.
+
+    Raises:
+        Invalid: the value is missing a zone, unparseable, non-finite or out of range.
+    """
+    if isinstance(value, bool):
+        raise Invalid(
+            "field 'timestamp': expected an RFC 3339 string or Unix seconds, not true/false"
+        )
+    if isinstance(value, int | float):
+        seconds = float(value)
+        if not math.isfinite(seconds):
+            raise Invalid("field 'timestamp': not a finite number")
+    elif isinstance(value, str):
+        match = _RFC3339.match(value)
+        if match is None:
+            if re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$", value):
+                raise Invalid(f"field 'timestamp': {value!r} has no time zone (add Z or an offset)")
+            raise Invalid(f"field 'timestamp': {value!r} is not RFC 3339")
+        date, clock, fraction, zone = match.groups()
+        fraction = (fraction or "")[:7]  # datetime keeps microseconds
+        zone = "+00:00" if zone in ("Z", "z") else zone
+        try:
+            parsed = dt.datetime.fromisoformat(f"{date}T{clock}{fraction}{zone}")
+        except ValueError as exc:
+            raise Invalid(f"field 'timestamp': {value!r} is not a valid time ({exc})") from None
+        seconds = parsed.timestamp()
+    else:
+        raise Invalid(
+            f"field 'timestamp': expected an RFC 3339 string or Unix seconds, "
+            f"got {_json_type(value)}"
+        )
+    if not _MIN_TS <= seconds <= _MAX_TS:
+        raise Invalid("field 'timestamp': outside the years 1 to 9999")
+    return seconds
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _optional_text(obj: dict[str, Any], field: str) -> str | None:
+    value = obj.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Invalid(f"field {field!r}: expected a string, got {_json_type(value)}")
+    if not value or len(value) > MAX_FIELD_CHARS:
+        raise Invalid(f"field {field!r}: must be 1 to {MAX_FIELD_CHARS} characters")
+    return value
+
+
+def _key(obj: dict[str, Any]) -> str | None:
+    value = obj.get("id")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise Invalid(f"field 'id': expected a string or an integer, got {_json_type(value)}")
+    key = str(value)
+    if not key or len(key) > MAX_FIELD_CHARS:
+        raise Invalid(f"field 'id': must be 1 to {MAX_FIELD_CHARS} characters")
+    return key
+
+
+def _depth(value: Any, limit: int) -> int:
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        if depth > limit:
+            return depth
+        nxt: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                nxt.extend(item.values())
+            elif isinstance(item, list):
+                nxt.extend(item)
+        level = nxt
+    return depth - 1
+
+
+def parse_line(text: str, line_no: int, *, default_source: str) -> Candidate:
+    """Validate one decoded, stripped line.
+
+    Raises:
+        Invalid: with a reason that names the field at fault.
+    """
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise Invalid(f"not JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise Invalid(f"nested deeper than {MAX_DEPTH} levels") from None
+    if not isinstance(obj, dict):
+        raise Invalid(f"not a JSON object (got {_json_type(obj)})")
+    # Counting brackets first keeps the depth walk off the common, shallow path.
+    if text.count("{") + text.count("[") > MAX_DEPTH and _depth(obj, MAX_DEPTH) > MAX_DEPTH:
+        raise Invalid(f"nested deeper than {MAX_DEPTH} levels")
+    if "timestamp" not in obj:
+        raise Invalid("field 'timestamp': missing")
+    return Candidate(
+        line_no=line_no,
+        source=_optional_text(obj, "source") or default_source,
+        key=_key(obj),
+        type=_optional_text(obj, "type"),
+        event_time=parse_timestamp(obj["timestamp"]),
+        payload=text,
+    )

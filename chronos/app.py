@@ -10,7 +10,10 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from chronos import db, ingestion, inspection, migrate
+from chronos.handlers import DEFAULT_HANDLER, Handler, load_handler
 from chronos.ingestion import DEFAULT_MAX_EVENT_BYTES, IngestReport, Progress
+from chronos.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy
+from chronos.runner import Worker
 
 
 class Chronos:
@@ -89,6 +92,36 @@ class Chronos:
             progress=progress,
             clock=self.clock,
         ).run()
+
+    def worker(
+        self,
+        handler: Handler | str = DEFAULT_HANDLER,
+        *,
+        name: str | None = None,
+        batch: int = 16,
+        lease: float = 30.0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        backoff: float = 1.0,
+        idle_max: float = 2.0,
+    ) -> Worker:
+        """Build a worker; call `.run()` on it, or `.run_once()` to step it.
+
+        Args:
+            handler: a callable or a `module:function` string.
+            backoff: seconds before the first retry; each later retry waits twice as long.
+        """
+        if isinstance(handler, str):
+            handler = load_handler(handler)
+        return Worker(
+            self.engine,
+            handler,
+            name=name,
+            batch=batch,
+            lease=lease,
+            policy=RetryPolicy(max_attempts=max_attempts, base=backoff, cap=max(300.0, backoff)),
+            idle_max=idle_max,
+            clock=self.clock,
+        )
 
     def inspect(self, event_id: int) -> dict[str, Any]:
         """Return one event with its state, result, replay links and history."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
@@ -16,7 +18,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from chronos import render
 from chronos.app import Chronos
 from chronos.errors import ChronosError
+from chronos.handlers import DEFAULT_HANDLER
 from chronos.ingestion import DEFAULT_MAX_EVENT_BYTES, IngestReport
+from chronos.retry import DEFAULT_MAX_ATTEMPTS
 
 app = typer.Typer(
     help="Chronos: a durable queue for time-ordered telemetry.",
@@ -194,6 +198,74 @@ def ingest(
         _summary(report)
     if report.rejected:
         raise typer.Exit(1)
+
+
+@command
+def worker(
+    handler: Annotated[
+        str, typer.Option(help="The handler, as module:function.")
+    ] = DEFAULT_HANDLER,
+    batch: Annotated[int, typer.Option(help="Events claimed per transaction.")] = 16,
+    lease: Annotated[
+        float, typer.Option(help="Seconds a claim is held without a heartbeat.")
+    ] = 30.0,
+    max_attempts: Annotated[
+        int, typer.Option(help="Attempts before an event fails for good.")
+    ] = DEFAULT_MAX_ATTEMPTS,
+    backoff: Annotated[
+        float, typer.Option(help="Seconds before the first retry; doubles each time.")
+    ] = 1.0,
+    drain: Annotated[
+        bool, typer.Option("--drain", help="Exit 0 once every event is terminal.")
+    ] = False,
+    max_events: Annotated[
+        int | None, typer.Option(help="Stop after claiming this many events.")
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="This worker's name in leases and history (default host:pid)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Log failures only.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Claim and process events until stopped (SIGINT/SIGTERM stop gracefully).
+
+    Example: chronos worker --handler myapp.handlers:handle --drain
+    """
+    _configure_logging(quiet)
+    with _chronos() as chronos:
+        try:
+            report = chronos.worker(
+                handler,
+                name=name,
+                batch=batch,
+                lease=lease,
+                max_attempts=max_attempts,
+                backoff=backoff,
+            ).run(drain=drain, max_events=max_events)
+        except KeyboardInterrupt:
+            err.print("stopped at once; held events return when their leases expire")
+            raise typer.Exit(130) from None
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        out.print(
+            f"worker {report.name}: processed {report.processed:,}  retried {report.retried:,}  "
+            f"failed terminal {report.failed_terminal:,}  recovered {report.recovered:,}  "
+            f"released {report.released:,}  lost leases {report.lost_leases:,}  "
+            f"({report.seconds:.1f} s)"
+        )
+
+
+def _configure_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    logger = logging.getLogger("chronos")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
 
 
 @command

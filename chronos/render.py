@@ -62,9 +62,9 @@ def event(console: Console, detail: dict[str, Any]) -> None:
         table.add_row("result", json.dumps(detail["result"], ensure_ascii=False))
     console.print(table)
     history = Table(title="history", title_justify="left")
-    history.add_column("at", no_wrap=True)
-    for column in ("from", "to", "actor", "attempt", "detail"):
-        history.add_column(column, overflow="fold")
+    for column in ("at", "from", "to", "actor", "attempt"):
+        history.add_column(column, no_wrap=True)
+    history.add_column("detail", overflow="fold")
     for step in detail["history"]:
         history.add_row(
             iso(step["at"]),

@@ -31,6 +31,11 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 
 _state_names = ", ".join(f"'{s.value}'" for s in State)
 
+
+def _in(states: frozenset[State] | tuple[State, ...]) -> str:
+    return ", ".join(f"'{s.value}'" for s in sorted(states))
+
+
 ingest_runs = Table(
     "ingest_runs",
     metadata,
@@ -81,6 +86,11 @@ events = Table(
 )
 
 _claimable = ", ".join(f"'{s.value}'" for s in CLAIMABLE)
+# Queries repeat these literal predicates: SQLite uses a partial index only when the
+# query's WHERE contains its WHERE term as written, not as bound parameters.
+READY = text(f"events.state IN ({_claimable})")
+LEASED = text(f"events.state = '{State.PROCESSING.value}'")
+LIVE = text(f"events.state NOT IN ({_in(TERMINAL)})")
 # The claim walks this index in id order; terminal events are not in it, so a claim
 # costs O(log n) however large the table grows.
 Index(
@@ -93,10 +103,17 @@ Index(
 Index(
     "events_leases",
     events.c.lease_expires_at,
-    sqlite_where=text("state = 'PROCESSING'"),
-    postgresql_where=text("state = 'PROCESSING'"),
+    sqlite_where=text(f"state = '{State.PROCESSING.value}'"),
+    postgresql_where=text(f"state = '{State.PROCESSING.value}'"),
 )
-Index("events_state", events.c.state)
+# Counts what is not terminal yet (drain, check). A full index on state would tempt
+# SQLite's planner away from events_ready and into sorting the whole backlog.
+Index(
+    "events_live",
+    events.c.state,
+    sqlite_where=text(f"state NOT IN ({_in(TERMINAL)})"),
+    postgresql_where=text(f"state NOT IN ({_in(TERMINAL)})"),
+)
 Index("events_replay_of", events.c.replay_of)
 
 event_transitions = Table(
@@ -126,10 +143,6 @@ processed_events = Table(
 
 def _pairs_sql(old: str, new: str) -> str:
     return " OR ".join(f"({old} = '{a.value}' AND {new} = '{b.value}')" for (a, b) in TRANSITIONS)
-
-
-def _in(states: frozenset[State] | tuple[State, ...]) -> str:
-    return ", ".join(f"'{s.value}'" for s in sorted(states))
 
 
 def sqlite_triggers() -> list[str]:

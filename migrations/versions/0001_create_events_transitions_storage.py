@@ -139,7 +139,13 @@ def upgrade() -> None:
             postgresql_where=sa.text("state IN ('BUFFERED', 'FAILED_RETRYABLE')"),
         )
         batch_op.create_index("events_replay_of", ["replay_of"], unique=False)
-        batch_op.create_index("events_state", ["state"], unique=False)
+        batch_op.create_index(
+            "events_live",
+            ["state"],
+            unique=False,
+            sqlite_where=sa.text("state NOT IN ('FAILED_TERMINAL', 'PROCESSED')"),
+            postgresql_where=sa.text("state NOT IN ('FAILED_TERMINAL', 'PROCESSED')"),
+        )
 
     op.create_table(
         "event_transitions",
@@ -200,7 +206,7 @@ def downgrade() -> None:
 
     op.drop_table("event_transitions")
     with op.batch_alter_table("events", schema=None) as batch_op:
-        batch_op.drop_index("events_state")
+        batch_op.drop_index("events_live")
         batch_op.drop_index("events_replay_of")
         batch_op.drop_index(
             "events_ready",

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from chronos import db, ingestion, inspection, migrate
+from chronos import db, demo, ingestion, inspection, migrate
 from chronos.handlers import DEFAULT_HANDLER, Handler, load_handler
 from chronos.ingestion import DEFAULT_MAX_EVENT_BYTES, IngestReport, Progress
 from chronos.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy
@@ -122,6 +122,32 @@ class Chronos:
             idle_max=idle_max,
             clock=self.clock,
         )
+
+    def demo(self, *, workers: int = 2) -> dict[str, Any]:
+        """Migrate, ingest the bundled sample, drain it with worker processes, report."""
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        revision = self.migrate()
+        report = self.ingest(demo.sample_path())
+        demo.run_workers(self.url, workers=workers)
+        with db.translated("reading the outcome"), self._read() as conn:
+            stats = inspection.queue_stats(conn, now=self.clock())
+            examples = inspection.examples(conn)
+        return {
+            "database": self.describe(),
+            "revision": revision,
+            "lines": report.lines,
+            "accepted": report.accepted,
+            "duplicates": report.duplicates,
+            "rejected": report.rejected,
+            "rejections": [r.__dict__ for r in report.rejections],
+            "processed": stats["counts"]["PROCESSED"],
+            "failed_terminal": stats["counts"]["FAILED_TERMINAL"],
+            "unfinished": stats["total"]
+            - stats["counts"]["PROCESSED"]
+            - stats["counts"]["FAILED_TERMINAL"],
+            "examples": examples,
+        }
 
     def inspect(self, event_id: int) -> dict[str, Any]:
         """Return one event with its state, result, replay links and history."""

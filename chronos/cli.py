@@ -268,6 +268,34 @@ def _configure_logging(quiet: bool) -> None:
     logger.propagate = False
 
 
+DEMO_DB = "chronos-demo.db"
+
+
+@command
+def demo(
+    workers: Annotated[int, typer.Option(help="Worker processes to run.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """Run the whole pipeline on a fresh demo database and show the outcome.
+
+    Example: chronos demo
+    """
+    path = options.db
+    if path is None:
+        path = DEMO_DB
+        for suffix in ("", "-wal", "-shm"):  # the demo's own file: start afresh
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
+    elif os.path.exists(path):
+        _fail(f"the demo needs a new database, and {path} exists", 2)
+    with _boundary(), Chronos(path, synchronous=options.synchronous) as chronos:
+        outcome = chronos.demo(workers=workers)
+    if as_json:
+        _print_json(outcome)
+        return
+    render.demo(out, outcome, db_flag=path)
+
+
 @command
 def inspect(
     event_id: Annotated[int, typer.Argument(help="The event's id.")],

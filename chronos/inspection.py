@@ -90,3 +90,21 @@ def queue_stats(conn: Connection, *, now: float, window: float = 60.0) -> dict[s
         "processed_last_minute": recent,
         "throughput_per_s": round(recent / window, 3),
     }
+
+
+def examples(conn: Connection) -> dict[str, int | None]:
+    """Pick one event of each interesting outcome, for pointing a user at `inspect`."""
+
+    def first(*where: Any) -> int | None:
+        found = conn.execute(
+            sa.select(events.c.id).where(*where).order_by(events.c.id).limit(1)
+        ).scalar()
+        return int(found) if found is not None else None
+
+    return {
+        "processed": first(events.c.state == State.PROCESSED.value, events.c.attempts == 1),
+        "retried_then_processed": first(
+            events.c.state == State.PROCESSED.value, events.c.attempts > 1
+        ),
+        "failed_terminal": first(events.c.state == State.FAILED_TERMINAL.value),
+    }

@@ -94,3 +94,39 @@ def stats(console: Console, data: dict[str, Any]) -> None:
         + (f" ({age:.1f} s)" if age is not None else "")
         + f"  processed in the last minute {data['processed_last_minute']:,}"
     )
+
+
+def demo(console: Console, outcome: dict[str, Any], *, db_flag: str) -> None:
+    """Print the demo's outcome table and where to look next."""
+    table = Table(title=f"chronos demo: {outcome['database']}", title_justify="left")
+    table.add_column("outcome")
+    table.add_column("events", justify="right")
+    for label, key in (
+        ("lines read", "lines"),
+        ("rejected lines", "rejected"),
+        ("duplicates (same source and id)", "duplicates"),
+        ("accepted", "accepted"),
+        ("processed", "processed"),
+        ("failed terminal", "failed_terminal"),
+        ("not finished", "unfinished"),
+    ):
+        table.add_row(label, f"{outcome[key]:,}")
+    console.print(table)
+    for rejection in outcome["rejections"]:
+        console.print(
+            f"  rejected line {rejection['line_no']}: {rejection['reason']}", markup=False
+        )
+    balanced = outcome["accepted"] == outcome["processed"] + outcome["failed_terminal"]
+    console.print(
+        f"accepted {outcome['accepted']:,} = processed {outcome['processed']:,} + failed terminal "
+        f"{outcome['failed_terminal']:,}: {'yes' if balanced else 'NO'}"
+    )
+    console.print("look next:")
+    for label, key in (
+        ("a retried event", "retried_then_processed"),
+        ("a failed event", "failed_terminal"),
+    ):
+        if outcome["examples"][key] is not None:
+            example = outcome["examples"][key]
+            console.print(f"  {label + ':':<17} chronos --db {db_flag} inspect {example}")
+    console.print(f"  {'the queue:':<17} chronos --db {db_flag} stats")

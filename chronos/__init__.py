@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from chronos.app import Chronos
 from chronos.errors import ChronosError, RetryableError, TerminalError
+from chronos.handlers import Event
 from chronos.states import State
 
-__all__ = ["Chronos", "ChronosError", "RetryableError", "State", "TerminalError"]
+__all__ = ["Chronos", "ChronosError", "Event", "RetryableError", "State", "TerminalError"]

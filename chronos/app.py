@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from chronos import db, demo, ingestion, inspection, migrate
+from chronos import check, db, demo, ingestion, inspection, migrate
 from chronos.handlers import DEFAULT_HANDLER, Handler, load_handler
 from chronos.ingestion import DEFAULT_MAX_EVENT_BYTES, IngestReport, Progress
 from chronos.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy
@@ -159,8 +159,16 @@ class Chronos:
         with db.translated("reading the queue"), self._read() as conn:
             return inspection.queue_stats(conn, now=self.clock())
 
-    def _read(self) -> Any:
-        return self.engine.connect().execution_options(**db.READ_ONLY)
+    def check(self) -> check.CheckReport:
+        """Audit the whole database in one consistent snapshot; never writes."""
+        with db.translated("checking the database"), self._read(snapshot=True) as conn:
+            return check.audit(conn, now=self.clock())
+
+    def _read(self, *, snapshot: bool = False) -> Any:
+        conn = self.engine.connect().execution_options(**db.READ_ONLY)
+        if snapshot and conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        return conn
 
     def close(self) -> None:
         """Release the database connections."""

@@ -329,6 +329,24 @@ def stats(
         render.stats(out, data)
 
 
+@command
+def check(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Audit integrity (read-only, safe beside workers); exit 1 on any violation.
+
+    Example: chronos check --json
+    """
+    with _chronos() as chronos:
+        report = chronos.check()
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        render.check(out, report.as_dict())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Run the command line."""
     app(prog_name="chronos")

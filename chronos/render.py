@@ -130,3 +130,30 @@ def demo(console: Console, outcome: dict[str, Any], *, db_flag: str) -> None:
             example = outcome["examples"][key]
             console.print(f"  {label + ':':<17} chronos --db {db_flag} inspect {example}")
     console.print(f"  {'the queue:':<17} chronos --db {db_flag} stats")
+
+
+def check(console: Console, report: dict[str, Any]) -> None:
+    """Print the audit: what was read, each violation, and the verdict."""
+    console.print(
+        f"checked {report['events']:,} events, {report['transitions']:,} transitions, "
+        f"{report['storage_rows']:,} storage rows"
+    )
+    for lease in report["expired_leases"]:
+        console.print(
+            f"expired lease: event {lease['event_id']} held by {lease['lease_owner']} "
+            f"since {iso(lease['expired_at'])} (any worker will recover it)",
+            markup=False,
+        )
+    if report["ok"]:
+        console.print("ok: every rule holds")
+        return
+    table = Table(title="violations", title_justify="left")
+    for column in ("rule", "event", "detail"):
+        table.add_column(column, overflow="fold")
+    for violation in report["violations"]:
+        event_id = violation["event_id"]
+        table.add_row(
+            violation["rule"], "-" if event_id is None else str(event_id), violation["detail"]
+        )
+    console.print(table)
+    console.print(f"{len(report['violations']):,} violations")

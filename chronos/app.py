@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from chronos import check, db, demo, ingestion, inspection, migrate
+from chronos import bench, check, db, demo, ingestion, inspection, migrate
+from chronos import purge as purging
+from chronos import replay as replaying
 from chronos.handlers import DEFAULT_HANDLER, Handler, load_handler
 from chronos.ingestion import DEFAULT_MAX_EVENT_BYTES, IngestReport, Progress
 from chronos.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy
 from chronos.runner import Worker
+from chronos.states import TERMINAL, State
+from chronos.validation import Invalid, parse_duration, parse_since
 
 
 class Chronos:
@@ -149,6 +153,30 @@ class Chronos:
             "examples": examples,
         }
 
+    def bench(
+        self,
+        kind: str,
+        *,
+        events: int | None = None,
+        repeat: int = 3,
+        workers: Sequence[int] | str = (1, 2, 4),
+        handler: str = "both",
+        progress: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Measure `ingest` or `drain` on fresh temporary databases, with baselines.
+
+        It never touches this database; only `synchronous` carries over. See `chronos.bench`.
+        """
+        return bench.run(
+            kind,
+            events=events,
+            repeat=repeat,
+            workers=workers,
+            handler=handler,
+            synchronous=self.synchronous,
+            progress=progress,
+        )
+
     def inspect(self, event_id: int) -> dict[str, Any]:
         """Return one event with its state, result, replay links and history."""
         with db.translated("reading the event"), self._read() as conn:
@@ -163,6 +191,78 @@ class Chronos:
         """Audit the whole database in one consistent snapshot; never writes."""
         with db.translated("checking the database"), self._read(snapshot=True) as conn:
             return check.audit(conn, now=self.clock())
+
+    def replay(
+        self,
+        ids: Sequence[int] = (),
+        *,
+        state: State = State.FAILED_TERMINAL,
+        source: str | None = None,
+        since: str | None = None,
+        force: bool = False,
+    ) -> replaying.ReplayReport:
+        """Re-ingest terminal events, by id or by filters, as new linked events.
+
+        Args:
+            ids: originals to replay; when empty, every event matching the filters.
+            state: which terminal state the filters select (FAILED_TERMINAL by default).
+            since: only events that reached it since this RFC 3339 time or duration (`12h`).
+            force: replay originals that were replayed before.
+        """
+        if state not in TERMINAL:
+            raise ValueError(f"only terminal events can be replayed, not {state}")
+        if not ids and source is None and since is None and state is not State.FAILED_TERMINAL:
+            raise ValueError("name event ids, or filter with --source/--since")
+        now = self.clock()
+        cutoff = self._since(since, now)
+        with db.translated("replaying"), self.engine.begin() as conn:
+            originals = replaying.select_originals(
+                conn, ids=ids, state=state, source=source, since=cutoff
+            )
+            return replaying.replay(conn, originals, force=force, now=now)
+
+    def purge(
+        self,
+        older_than: str,
+        *,
+        states: Sequence[State] = tuple(sorted(TERMINAL)),
+        dry_run: bool = False,
+        vacuum: bool = False,
+        batch: int = 5000,
+    ) -> purging.PurgeReport:
+        """Remove terminal events last changed longer ago than `older_than` (`30d`).
+
+        Their history and storage rows go with them, in batches of `batch` events,
+        each its own transaction. Non-terminal events are never touched.
+        """
+        try:
+            age = parse_duration(older_than)
+        except Invalid as exc:
+            raise ValueError(f"--older-than: {exc}") from None
+        purging.check_states(states)
+        before = self.clock() - age
+        if dry_run:
+            with db.translated("planning the purge"), self._read(snapshot=True) as conn:
+                return purging.plan(conn, states=states, before=before)
+        report = purging.PurgeReport(dry_run=False, before=before)
+        while True:
+            with db.translated("purging"), self.engine.begin() as conn:
+                if not purging.purge_batch(conn, report, states=states, batch=batch):
+                    break
+        if vacuum:
+            with db.translated("vacuuming"):
+                db.vacuum(self.engine)
+            report.vacuumed = True
+        return report
+
+    @staticmethod
+    def _since(since: str | None, now: float) -> float | None:
+        if since is None:
+            return None
+        try:
+            return parse_since(since, now=now)
+        except Invalid as exc:
+            raise ValueError(f"--since: {exc}") from None
 
     def _read(self, *, snapshot: bool = False) -> Any:
         conn = self.engine.connect().execution_options(**db.READ_ONLY)

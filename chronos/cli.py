@@ -17,10 +17,12 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 
 from chronos import render
 from chronos.app import Chronos
+from chronos.bench import tables as bench_tables
 from chronos.errors import ChronosError
 from chronos.handlers import DEFAULT_HANDLER
 from chronos.ingestion import DEFAULT_MAX_EVENT_BYTES, IngestReport
 from chronos.retry import DEFAULT_MAX_ATTEMPTS
+from chronos.states import State
 
 app = typer.Typer(
     help="Chronos: a durable queue for time-ordered telemetry.",
@@ -344,6 +346,116 @@ def check(
     else:
         render.check(out, report.as_dict())
     if not report.ok:
+        raise typer.Exit(1)
+
+
+@command
+def replay(
+    event_ids: Annotated[
+        list[int] | None, typer.Argument(help="Events to replay (default: all matching).")
+    ] = None,
+    state: Annotated[
+        State, typer.Option(help="Terminal state to select by filters.")
+    ] = State.FAILED_TERMINAL,
+    source: Annotated[str | None, typer.Option(help="Only events from this source.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only events that ended since: RFC 3339 or 12h, 7d.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replay events that were replayed before.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Re-ingest terminal events as new events linked to the original (dead-letter redrive).
+
+    Example: chronos replay 42 43   or   chronos replay --source pump-7 --since 1d
+    """
+    with _chronos() as chronos:
+        report = chronos.replay(
+            event_ids or (), state=state, source=source, since=since, force=force
+        )
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        for original, new in report.replayed:
+            out.print(f"replayed {original} as {new}")
+        for event_id, reason in report.skipped:
+            err.print(f"skipped {event_id}: {reason}", markup=False)
+        out.print(f"replayed {len(report.replayed):,}  skipped {len(report.skipped):,}")
+    if report.skipped and event_ids:  # an event named by id could not be replayed
+        raise typer.Exit(1)
+
+
+@command
+def purge(
+    older_than: Annotated[
+        str, typer.Option(help="Remove terminal events last changed longer ago: 30d, 12h.")
+    ],
+    state: Annotated[
+        list[State] | None, typer.Option(help="Only this terminal state (repeatable).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only report what would be removed.")
+    ] = False,
+    vacuum: Annotated[
+        bool, typer.Option("--vacuum", help="Give the freed space back afterwards.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Remove old terminal events with their history and storage rows (retention).
+
+    Example: chronos purge --older-than 30d --dry-run
+    """
+    with _chronos() as chronos:
+        report = chronos.purge(
+            older_than,
+            states=tuple(state) if state else (State.PROCESSED, State.FAILED_TERMINAL),
+            dry_run=dry_run,
+            vacuum=vacuum,
+        )
+    if as_json:
+        _print_json(report.__dict__)
+        return
+    verb = "would remove" if report.dry_run else "removed"
+    states = ", ".join(f"{k} {v:,}" for k, v in sorted(report.by_state.items())) or "nothing"
+    out.print(
+        f"{verb} {report.events:,} events ({states}), {report.transitions:,} transitions, "
+        f"{report.storage_rows:,} storage rows last changed before {render.iso(report.before)}"
+        + ("; vacuumed" if report.vacuumed else "")
+    )
+
+
+@command
+def bench(
+    kind: Annotated[str, typer.Argument(help="What to measure: ingest or drain.")],
+    events: Annotated[
+        int | None,
+        typer.Option(help="Events per run (default 1,000,000 for ingest, 100,000 for drain)."),
+    ] = None,
+    repeat: Annotated[int, typer.Option(help="Runs of each measurement; medians are shown.")] = 3,
+    workers: Annotated[str, typer.Option(help="drain: worker counts to compare.")] = "1,2,4",
+    handler: Annotated[str, typer.Option(help="drain: noop, sleep1ms or both.")] = "both",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Measure throughput and memory against baselines run alongside, on temporary databases.
+
+    Example: chronos bench drain --events 50000 --workers 1,2,4 --handler noop
+    """
+    with _chronos() as chronos:
+        result = chronos.bench(
+            kind,
+            events=events,
+            repeat=repeat,
+            workers=workers,
+            handler=handler,
+            progress=lambda line: err.print(line, markup=False),
+        )
+    if as_json:
+        _print_json(result)
+    else:
+        for table in bench_tables(result):
+            out.print(table)
+    if not result["ok"]:
         raise typer.Exit(1)
 
 

@@ -155,6 +155,27 @@ def translate(exc: sa.exc.DBAPIError, what: str) -> errors.ChronosError:
     return errors.ChronosError(f"{what}: {message}")
 
 
+def vacuum(engine: Engine) -> None:
+    """Return free pages to the file system (SQLite) or refresh statistics (PostgreSQL).
+
+    VACUUM cannot run inside a transaction, so this uses the DB-API connection
+    in autocommit mode.
+    """
+    raw = engine.raw_connection()
+    try:
+        if engine.dialect.name == "postgresql":
+            raw.driver_connection.autocommit = True  # type: ignore[union-attr]
+            for table in ("processed_events", "event_transitions", "events"):
+                raw.driver_connection.execute(f"VACUUM ANALYZE {table}")  # type: ignore[union-attr]
+            raw.driver_connection.autocommit = False  # type: ignore[union-attr]
+        else:
+            cursor = raw.cursor()
+            cursor.execute("VACUUM")
+            cursor.close()
+    finally:
+        raw.close()
+
+
 def transition(
     conn: Connection,
     ids: Sequence[int],

@@ -156,7 +156,7 @@ def _latest_run(conn: Connection, identity: str) -> sa.Row[tuple[object, ...]] |
     ).first()
 
 
-def _insert(conn: Connection, rows: list[dict[str, object]]) -> list[int]:
+def receive(conn: Connection, rows: list[dict[str, object]]) -> list[int]:
     """Insert RECEIVED rows, skipping producer-id and line repeats; return the new ids."""
     if not rows:
         return []
@@ -334,7 +334,7 @@ class Ingest:
             rejects.flush()
             rejects_offset = rejects.tell()
         with translated(f"accepting lines up to {reader.line_no}"), self.engine.begin() as conn:
-            ids = _insert(conn, rows)
+            ids = receive(conn, rows)
             accept(conn, ids, now=now)
             buffer.buffer_events(conn, ids, now=now)
             duplicates = len(rows) - len(ids)

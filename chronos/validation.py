@@ -165,3 +165,33 @@ def parse_line(text: str, line_no: int, *, default_source: str) -> Candidate:
         event_time=parse_timestamp(obj["timestamp"]),
         payload=text,
     )
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Return seconds for `90s`, `15m`, `12h`, `30d` or `2w`.
+
+    Raises:
+        Invalid: the text is not such a duration.
+    """
+    match = _DURATION.match(text)
+    if match is None:
+        raise Invalid(f"{text!r} is not a duration such as 90s, 15m, 12h, 30d or 2w")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def parse_since(text: str, *, now: float) -> float:
+    """Return Unix seconds for an RFC 3339 time or a duration back from `now`."""
+    try:
+        return now - parse_duration(text)
+    except Invalid:
+        pass
+    try:
+        return parse_timestamp(text)
+    except Invalid:
+        raise Invalid(
+            f"{text!r} is neither an RFC 3339 time with a zone nor a duration such as 12h"
+        ) from None

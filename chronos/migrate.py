@@ -9,6 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy.engine import Engine
 
 from chronos import errors
@@ -45,11 +46,18 @@ def current(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def _known(revision: str) -> bool:
+    """Tell whether this version of Chronos has `revision`."""
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except CommandError:  # alembic raises for an id it cannot resolve
+        return False
+
+
 def upgrade(engine: Engine) -> str:
     """Create or upgrade the schema to head; idempotent. Return the revision."""
-    script = ScriptDirectory.from_config(alembic_config())
     found = current(engine)
-    if found is not None and script.get_revision(found) is None:
+    if found is not None and not _known(found):
         raise errors.NotMigrated(
             f"the database is at revision {found}, newer than this Chronos knows; upgrade Chronos"
         )
@@ -74,7 +82,7 @@ def require_current(engine: Engine) -> None:
         return
     if found is None:
         raise errors.NotMigrated("the database has no Chronos schema; run `chronos migrate`")
-    if ScriptDirectory.from_config(alembic_config()).get_revision(found) is None:
+    if not _known(found):
         raise errors.NotMigrated(
             f"the database is at revision {found}, newer than this Chronos knows; upgrade Chronos"
         )

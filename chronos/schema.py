@@ -182,6 +182,16 @@ def sqlite_triggers() -> list[str]:
         "BEGIN SELECT RAISE(ABORT, 'chronos: storage rows are only for PROCESSED events'); END",
         "CREATE TRIGGER processed_events_immutable BEFORE UPDATE ON processed_events "
         "BEGIN SELECT RAISE(ABORT, 'chronos: storage rows never change'); END",
+        # INSERT OR REPLACE deletes the old row without firing delete triggers.
+        "CREATE TRIGGER events_no_replace BEFORE INSERT ON events "
+        "WHEN EXISTS (SELECT 1 FROM events WHERE id = NEW.id) "
+        "BEGIN SELECT RAISE(ABORT, 'chronos: event ids are never reused'); END",
+        "CREATE TRIGGER event_transitions_no_replace BEFORE INSERT ON event_transitions "
+        "WHEN EXISTS (SELECT 1 FROM event_transitions WHERE id = NEW.id) "
+        "BEGIN SELECT RAISE(ABORT, 'chronos: history is append-only'); END",
+        "CREATE TRIGGER processed_events_no_replace BEFORE INSERT ON processed_events "
+        "WHEN EXISTS (SELECT 1 FROM processed_events WHERE event_id = NEW.event_id) "
+        "BEGIN SELECT RAISE(ABORT, 'chronos: storage rows never change'); END",
     ]
 
 

@@ -31,6 +31,9 @@ SQLITE_TRIGGERS = [
     "CREATE TRIGGER event_transitions_delete_guard BEFORE DELETE ON event_transitions WHEN EXISTS (SELECT 1 FROM events WHERE id = OLD.event_id AND state NOT IN ('FAILED_TERMINAL', 'PROCESSED')) BEGIN SELECT RAISE(ABORT, 'chronos: history of a live event cannot be deleted'); END",
     "CREATE TRIGGER processed_events_guard BEFORE INSERT ON processed_events WHEN (SELECT state FROM events WHERE id = NEW.event_id) IS NOT 'PROCESSED' BEGIN SELECT RAISE(ABORT, 'chronos: storage rows are only for PROCESSED events'); END",
     "CREATE TRIGGER processed_events_immutable BEFORE UPDATE ON processed_events BEGIN SELECT RAISE(ABORT, 'chronos: storage rows never change'); END",
+    "CREATE TRIGGER events_no_replace BEFORE INSERT ON events WHEN EXISTS (SELECT 1 FROM events WHERE id = NEW.id) BEGIN SELECT RAISE(ABORT, 'chronos: event ids are never reused'); END",
+    "CREATE TRIGGER event_transitions_no_replace BEFORE INSERT ON event_transitions WHEN EXISTS (SELECT 1 FROM event_transitions WHERE id = NEW.id) BEGIN SELECT RAISE(ABORT, 'chronos: history is append-only'); END",
+    "CREATE TRIGGER processed_events_no_replace BEFORE INSERT ON processed_events WHEN EXISTS (SELECT 1 FROM processed_events WHERE event_id = NEW.event_id) BEGIN SELECT RAISE(ABORT, 'chronos: storage rows never change'); END",
 ]
 
 POSTGRESQL_TRIGGERS = [

@@ -73,7 +73,9 @@ def _global(
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(f"error: {message}", markup=False)
+    # One line, whatever the driver put in its message.
+    line = " / ".join(part.strip() for part in message.splitlines() if part.strip())
+    err.print(f"error: {line}", markup=False)
     raise typer.Exit(code)
 
 

@@ -41,8 +41,10 @@ def load_handler(spec: str) -> Handler:
         raise errors.UsageError(f"--handler must look like module:function, got {spec!r}")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise errors.UsageError(f"cannot import handler module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # the module's own code may raise anything while importing
+        raise errors.UsageError(
+            f"cannot import handler module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
     handler = getattr(module, attr, None)
     if not callable(handler):
         raise errors.UsageError(f"{module_name!r} has no callable {attr!r}")

@@ -119,14 +119,14 @@ def open_input(path: str) -> tuple[BinaryIO, str, int | None]:
     if path == "-":
         return sys.stdin.buffer, "-", None
     try:
-        raw: BinaryIO = open(path, "rb")
+        if path.endswith(".gz"):
+            stream: BinaryIO = gzip.GzipFile(filename=path, mode="rb")  # type: ignore[assignment]
+        else:
+            stream = open(path, "rb")  # closed by the caller
+        size = os.stat(path).st_size
     except OSError as exc:
         raise errors.InputError(f"cannot read {path}: {exc.strerror}") from exc
-    size = os.fstat(raw.fileno()).st_size
-    if path.endswith(".gz"):
-        unzipped: BinaryIO = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
-        return unzipped, os.path.abspath(path), size
-    return raw, os.path.abspath(path), size
+    return stream, os.path.abspath(path), size
 
 
 def _classify(line: _Line, *, default_source: str, max_bytes: int) -> Candidate | Rejection | None:

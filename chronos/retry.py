@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -34,12 +35,15 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if not (math.isfinite(self.base) and math.isfinite(self.cap)):
+            raise ValueError("backoff must be a finite number of seconds")
         if self.base < 0 or self.cap < self.base:
             raise ValueError("backoff needs 0 <= base <= cap")
 
     def delay(self, attempts: int, rng: random.Random) -> float:
         """Seconds to wait after the `attempts`-th failed attempt."""
-        full = min(self.cap, self.base * 2.0 ** max(0, attempts - 1))
+        # The exponent is bounded: 2.0**1024 overflows, and 2**64 is past any cap.
+        full = min(self.cap, self.base * 2.0 ** min(64, max(0, attempts - 1)))
         return full * (0.5 + 0.5 * rng.random())
 
     def after_failure(

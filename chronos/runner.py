@@ -8,6 +8,7 @@ the batch while a handler runs, so a slow handler is not run twice.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import signal
@@ -88,8 +89,8 @@ class Worker:
     ) -> None:
         if batch < 1:
             raise ValueError("--batch must be at least 1")
-        if lease <= 0:
-            raise ValueError("--lease must be positive")
+        if not math.isfinite(lease) or lease <= 0:
+            raise ValueError("--lease must be a positive number of seconds")
         self.engine = engine
         self.handler = handler
         self.name = name or default_name()
@@ -161,12 +162,20 @@ class Worker:
                         "another worker owns it now, nothing was stored",
                         outcome.claim.id,
                     )
+            released = 0
+            for item in unstarted:  # one savepoint each: a lost lease spoils nothing else
+                try:
+                    with conn.begin_nested():
+                        worker.release(conn, [item.id], worker=self.name, now=now)
+                except errors.GuardFailed:
+                    self.report.lost_leases += 1
+                    self.report.lost.append(item.id)
+                    log.error("event=%s lease lost before it could be released", item.id)
+                else:
+                    released += 1
             if unstarted:
-                ids = [c.id for c in unstarted]
-                with conn.begin_nested():
-                    worker.release(conn, ids, worker=self.name, now=now)
-                self.report.released += len(ids)
-                log.info("released=%d on shutdown", len(ids))
+                self.report.released += released
+                log.info("released=%d on shutdown", released)
 
     def _record(self, conn: Any, outcome: _Outcome, now: float) -> None:
         item = outcome.claim

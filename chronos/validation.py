@@ -47,6 +47,15 @@ def _reject_constant(name: str) -> Any:
     raise Invalid(f"not JSON: {name} is not a JSON value")
 
 
+def _parse_int(digits: str) -> int | float:
+    # Python refuses to convert integers of more than 4300 digits; the payload keeps
+    # the original text anyway, so a huge number only needs to stay a number here.
+    try:
+        return int(digits)
+    except ValueError:
+        return float(digits)
+
+
 def parse_timestamp(value: Any) -> float:
     """Return Unix seconds for an RFC 3339 string with a zone, or a finite number.
 
@@ -58,7 +67,10 @@ def parse_timestamp(value: Any) -> float:
             "field 'timestamp': expected an RFC 3339 string or Unix seconds, not true/false"
         )
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise Invalid("field 'timestamp': outside the years 1 to 9999") from None
         if not math.isfinite(seconds):
             raise Invalid("field 'timestamp': not a finite number")
     elif isinstance(value, str):
@@ -105,8 +117,14 @@ def _optional_text(obj: dict[str, Any], field: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise Invalid(f"field {field!r}: expected a string, got {_json_type(value)}")
+    return _checked_text(field, value)
+
+
+def _checked_text(field: str, value: str) -> str:
     if not value or len(value) > MAX_FIELD_CHARS:
         raise Invalid(f"field {field!r}: must be 1 to {MAX_FIELD_CHARS} characters")
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL; keep both databases alike
+        raise Invalid(f"field {field!r}: contains a NUL character")
     return value
 
 
@@ -116,10 +134,7 @@ def _key(obj: dict[str, Any]) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise Invalid(f"field 'id': expected a string or an integer, got {_json_type(value)}")
-    key = str(value)
-    if not key or len(key) > MAX_FIELD_CHARS:
-        raise Invalid(f"field 'id': must be 1 to {MAX_FIELD_CHARS} characters")
-    return key
+    return _checked_text("id", str(value))
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -145,11 +160,13 @@ def parse_line(text: str, line_no: int, *, default_source: str) -> Candidate:
         Invalid: with a reason that names the field at fault.
     """
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
     except json.JSONDecodeError as exc:
         raise Invalid(f"not JSON: {exc.msg} at column {exc.colno}") from None
     except RecursionError:
         raise Invalid(f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise Invalid(f"not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise Invalid(f"not a JSON object (got {_json_type(obj)})")
     # Counting brackets first keeps the depth walk off the common, shallow path.

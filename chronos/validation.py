@@ -161,6 +161,8 @@ def parse_line(text: str, line_no: int, *, default_source: str) -> Candidate:
     """
     try:
         obj = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
+    except Invalid:
+        raise
     except json.JSONDecodeError as exc:
         raise Invalid(f"not JSON: {exc.msg} at column {exc.colno}") from None
     except RecursionError:

@@ -289,8 +289,6 @@ def test_upsert_cannot_bring_a_terminal_event_back(engine: sa.Engine) -> None:
     )
 
 
-
-
 def test_sqlite_insert_or_replace_cannot_bring_a_terminal_event_back(sqlite_url: str) -> None:
     engine = create_engine(resolve_url(sqlite_url))
     try:

@@ -156,6 +156,40 @@ def _latest_run(conn: Connection, identity: str) -> sa.Row[tuple[object, ...]] |
     ).first()
 
 
+def received_row(
+    *,
+    source: str,
+    key: str | None,
+    type: str | None,
+    event_time: float,
+    payload: str,
+    now: float,
+    actor: str = ACTOR,
+    note: str | None = None,
+    replay_of: int | None = None,
+    ingest_run_id: int | None = None,
+    line_no: int | None = None,
+) -> dict[str, object]:
+    """The row of a new event, as `receive` inserts it."""
+    return {
+        "source": source,
+        "key": key,
+        "type": type,
+        "event_time": event_time,
+        "payload": payload,
+        "state": INITIAL.value,
+        "attempts": 0,
+        "available_at": now,
+        "created_at": now,
+        "updated_at": now,
+        "actor": actor,
+        "note": note,
+        "replay_of": replay_of,
+        "ingest_run_id": ingest_run_id,
+        "line_no": line_no,
+    }
+
+
 def receive(conn: Connection, rows: list[dict[str, object]]) -> list[int]:
     """Insert RECEIVED rows, skipping producer-id and line repeats; return the new ids."""
     if not rows:
@@ -311,21 +345,16 @@ class Ingest:
                 rejected.append(item)
                 continue
             rows.append(
-                {
-                    "source": item.source,
-                    "key": item.key,
-                    "type": item.type,
-                    "event_time": item.event_time,
-                    "payload": item.payload,
-                    "state": INITIAL.value,
-                    "attempts": 0,
-                    "available_at": now,
-                    "created_at": now,
-                    "updated_at": now,
-                    "actor": ACTOR,
-                    "ingest_run_id": report.run_id,
-                    "line_no": item.line_no,
-                }
+                received_row(
+                    source=item.source,
+                    key=item.key,
+                    type=item.type,
+                    event_time=item.event_time,
+                    payload=item.payload,
+                    now=now,
+                    ingest_run_id=report.run_id,
+                    line_no=item.line_no,
+                )
             )
         rejects_offset = 0
         if rejects is not None:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from chronos import buffer, ingestion
 from chronos.schema import events
-from chronos.states import INITIAL, TERMINAL, State
+from chronos.states import TERMINAL, State
 
 ACTOR = "replay"
 
@@ -82,21 +82,17 @@ def replay(
         else:
             originals.append(event_id)
             copies.append(
-                {
-                    "source": row.source,
-                    "key": None,  # the producer's key stays with the original
-                    "type": row.type,
-                    "event_time": row.event_time,
-                    "payload": row.payload,
-                    "state": INITIAL.value,
-                    "attempts": 0,
-                    "available_at": now,
-                    "created_at": now,
-                    "updated_at": now,
-                    "actor": ACTOR,
-                    "note": f"replay of {event_id}",
-                    "replay_of": event_id,
-                }
+                ingestion.received_row(
+                    source=row.source,
+                    key=None,  # the producer's key stays with the original
+                    type=row.type,
+                    event_time=row.event_time,
+                    payload=row.payload,
+                    now=now,
+                    actor=ACTOR,
+                    note=f"replay of {event_id}",
+                    replay_of=event_id,
+                )
             )
     # One insert per copy keeps the original -> copy pairing explicit.
     new_ids = [ingestion.receive(conn, [copy])[0] for copy in copies]

@@ -15,7 +15,7 @@ from chronos import replay as replaying
 from chronos.handlers import DEFAULT_HANDLER, Handler, load_handler
 from chronos.ingestion import DEFAULT_MAX_EVENT_BYTES, IngestReport, Progress
 from chronos.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy
-from chronos.runner import Worker
+from chronos.runner import DEFAULT_BATCH, Worker
 from chronos.states import TERMINAL, State
 from chronos.validation import Invalid, parse_duration, parse_since
 
@@ -102,7 +102,7 @@ class Chronos:
         handler: Handler | str = DEFAULT_HANDLER,
         *,
         name: str | None = None,
-        batch: int = 16,
+        batch: int = DEFAULT_BATCH,
         lease: float = 30.0,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         backoff: float = 1.0,

@@ -22,6 +22,7 @@ from chronos.errors import ChronosError
 from chronos.handlers import DEFAULT_HANDLER
 from chronos.ingestion import DEFAULT_MAX_EVENT_BYTES, IngestReport
 from chronos.retry import DEFAULT_MAX_ATTEMPTS
+from chronos.runner import DEFAULT_BATCH
 from chronos.states import State
 
 app = typer.Typer(
@@ -209,7 +210,9 @@ def worker(
     handler: Annotated[
         str, typer.Option(help="The handler, as module:function.")
     ] = DEFAULT_HANDLER,
-    batch: Annotated[int, typer.Option(help="Events claimed per transaction.")] = 16,
+    batch: Annotated[
+        int, typer.Option(help="Most events claimed at once (about 1 s of work is claimed).")
+    ] = DEFAULT_BATCH,
     lease: Annotated[
         float, typer.Option(help="Seconds a claim is held without a heartbeat.")
     ] = 30.0,

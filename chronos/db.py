@@ -176,6 +176,44 @@ def vacuum(engine: Engine) -> None:
         raw.close()
 
 
+def transition_matching(
+    conn: Connection,
+    ids: Sequence[int],
+    source: State,
+    target: State,
+    *,
+    owner: str,
+    actor: str,
+    now: float,
+    note: str | None = None,
+    lease_owner: str | None = None,
+    values: dict[str, Any] | None = None,
+) -> list[int]:
+    """Move `ids` from `source` to `target` with one guarded UPDATE; return those moved.
+
+    The statement matches only rows still in `source` (and still leased to
+    `lease_owner` when given); the history row is written by the database trigger.
+    An id missing from the result failed its guard: the caller must say so.
+
+    Raises:
+        ValueError: the transition is illegal or not owned by `owner`.
+    """
+    if TRANSITIONS.get((source, target)) != owner:
+        raise ValueError(f"{owner} does not own {source} -> {target}")
+    if not ids:
+        return []
+    where = [events.c.id.in_(ids), events.c.state == source.value]
+    if lease_owner is not None:
+        where.append(events.c.lease_owner == lease_owner)
+    stmt = (
+        sa.update(events)
+        .where(*where)
+        .values(state=target.value, actor=actor, note=note, updated_at=now, **(values or {}))
+        .returning(events.c.id)
+    )
+    return list(conn.execute(stmt).scalars())
+
+
 def transition(
     conn: Connection,
     ids: Sequence[int],
@@ -189,29 +227,26 @@ def transition(
     lease_owner: str | None = None,
     values: dict[str, Any] | None = None,
 ) -> None:
-    """Move `ids` from `source` to `target` with one guarded UPDATE.
-
-    The statement matches only rows still in `source` (and still leased to
-    `lease_owner` when given); the history row is written by the database trigger.
+    """Like `transition_matching`, for callers to whom any miss is an error.
 
     Raises:
         ValueError: the transition is illegal or not owned by `owner`.
         GuardFailed: fewer rows matched than `ids` names.
     """
-    if TRANSITIONS.get((source, target)) != owner:
-        raise ValueError(f"{owner} does not own {source} -> {target}")
-    if not ids:
-        return
-    where = [events.c.id.in_(ids), events.c.state == source.value]
-    if lease_owner is not None:
-        where.append(events.c.lease_owner == lease_owner)
-    stmt = (
-        sa.update(events)
-        .where(*where)
-        .values(state=target.value, actor=actor, note=note, updated_at=now, **(values or {}))
+    matched = transition_matching(
+        conn,
+        ids,
+        source,
+        target,
+        owner=owner,
+        actor=actor,
+        now=now,
+        note=note,
+        lease_owner=lease_owner,
+        values=values,
     )
-    matched = conn.execute(stmt).rowcount
-    if matched != len(ids):
+    if len(matched) != len(ids):
         raise errors.GuardFailed(
-            f"{source} -> {target} by {actor}: {matched} of {len(ids)} events matched the guard"
+            f"{source} -> {target} by {actor}: {len(matched)} of {len(ids)} events "
+            "matched the guard"
         )

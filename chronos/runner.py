@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from chronos import buffer, errors, worker
 from chronos.db import translated
@@ -34,6 +34,8 @@ from chronos.worker import Claim
 log = logging.getLogger("chronos.worker")
 
 MAX_ERROR_CHARS = 4000
+DEFAULT_BATCH = 100
+BATCH_SECONDS = 1.0
 
 
 @dataclass
@@ -79,7 +81,7 @@ class Worker:
         handler: Handler,
         *,
         name: str | None = None,
-        batch: int = 16,
+        batch: int = DEFAULT_BATCH,
         lease: float = 30.0,
         policy: RetryPolicy | None = None,
         idle_max: float = 2.0,
@@ -104,13 +106,14 @@ class Worker:
         self.report = WorkerReport(self.name)
         self._stopping = threading.Event()
         self._signals = 0
+        self._per_event: float | None = None  # moving average of handler seconds
 
     # -- one step ---------------------------------------------------------------
 
     def run_once(self, *, limit: int | None = None) -> int:
         """Recover expired leases, claim one batch and process it; return how many claimed."""
         now = self.clock()
-        size = self.batch if limit is None else max(0, min(self.batch, limit))
+        size = self._claim_size() if limit is None else max(0, min(self._claim_size(), limit))
         with translated(f"worker {self.name} claiming"), self.engine.begin() as conn:
             recovered = worker.recover_expired(
                 conn,
@@ -128,14 +131,26 @@ class Worker:
             self._process(claims)
         return len(claims)
 
+    def _claim_size(self) -> int:
+        """About BATCH_SECONDS of work, at most `batch`: fast handlers amortise each
+        commit over many events, slow ones do not hoard events other workers could run."""
+        if self._per_event is None:
+            return self.batch
+        return max(1, min(self.batch, int(BATCH_SECONDS / max(self._per_event, 1e-6))))
+
     def _process(self, claims: list[Claim]) -> None:
         outcomes: list[_Outcome] = []
         held = {c.id for c in claims}
+        started = time.monotonic()
         with self._heartbeat(held):
             for item in claims:
                 if self._stopping.is_set():
                     break
                 outcomes.append(self._call(item))
+        if outcomes:
+            per_event = (time.monotonic() - started) / len(outcomes)
+            previous = self._per_event if self._per_event is not None else per_event
+            self._per_event = 0.7 * previous + 0.3 * per_event
         self._finish(outcomes, [c for c in claims[len(outcomes) :] if c.id in held])
 
     def _call(self, item: Claim) -> _Outcome:
@@ -148,41 +163,32 @@ class Worker:
             return _Outcome(item, error=_describe(exc), summary=_summary(exc))
 
     def _finish(self, outcomes: list[_Outcome], unstarted: list[Claim]) -> None:
+        """Record a batch's outcomes in one transaction: successes in one statement."""
         now = self.clock()
+        results = {o.claim.id: o.result for o in outcomes if o.error is None}
         with translated(f"worker {self.name} recording outcomes"), self.engine.begin() as conn:
+            stored = worker.succeed(conn, results, worker=self.name, now=now)
+            self.report.processed += len(stored)
+            self._lost(set(results) - set(stored), "before its result was stored; nothing was")
             for outcome in outcomes:
-                try:
-                    with conn.begin_nested():
-                        self._record(conn, outcome, now)
-                except errors.GuardFailed:
-                    self.report.lost_leases += 1
-                    self.report.lost.append(outcome.claim.id)
-                    log.error(
-                        "event=%s lease lost before its outcome was recorded; "
-                        "another worker owns it now, nothing was stored",
-                        outcome.claim.id,
-                    )
-            released = 0
-            for item in unstarted:  # one savepoint each: a lost lease spoils nothing else
-                try:
-                    with conn.begin_nested():
-                        worker.release(conn, [item.id], worker=self.name, now=now)
-                except errors.GuardFailed:
-                    self.report.lost_leases += 1
-                    self.report.lost.append(item.id)
-                    log.error("event=%s lease lost before it could be released", item.id)
-                else:
-                    released += 1
+                if outcome.error is not None:
+                    self._record_failure(conn, outcome, now)
             if unstarted:
-                self.report.released += released
-                log.info("released=%d on shutdown", released)
+                ids = [c.id for c in unstarted]
+                released = worker.release(conn, ids, worker=self.name, now=now)
+                self.report.released += len(released)
+                self._lost(set(ids) - set(released), "before it could be released")
+                log.info("released=%d on shutdown", len(released))
 
-    def _record(self, conn: Any, outcome: _Outcome, now: float) -> None:
+    def _lost(self, ids: set[int], when: str) -> None:
+        """A guard failed: another worker recovered these events after our lease expired."""
+        for event_id in sorted(ids):
+            self.report.lost_leases += 1
+            self.report.lost.append(event_id)
+            log.error("event=%s lease lost %s; another worker owns it now", event_id, when)
+
+    def _record_failure(self, conn: Connection, outcome: _Outcome, now: float) -> None:
         item = outcome.claim
-        if outcome.error is None:
-            worker.succeed(conn, item.id, outcome.result, worker=self.name, now=now)
-            self.report.processed += 1
-            return
         decision = self.policy.after_failure(
             item.attempts,
             terminal=outcome.terminal,
@@ -190,7 +196,11 @@ class Worker:
             now=now,
             rng=self.rng,
         )
-        worker.fail(conn, item.id, decision, error=outcome.error, worker=self.name, now=now)
+        if not worker.fail(
+            conn, item.id, decision, error=outcome.error or "", worker=self.name, now=now
+        ):
+            self._lost({item.id}, "before its failure was recorded")
+            return
         if decision.state is State.FAILED_TERMINAL:
             self.report.failed_terminal += 1
         else:

@@ -6,16 +6,24 @@ transition; the database refuses a row for an event in any other state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from chronos.schema import processed_events
 
 
-def store(conn: Connection, event_id: int, result: str | None, *, worker: str, now: float) -> None:
-    """Append the result of a PROCESSED event."""
+def store(
+    conn: Connection, results: Sequence[tuple[int, str | None]], *, worker: str, now: float
+) -> None:
+    """Append the results of events just made PROCESSED, one row each."""
+    if not results:
+        return
     conn.execute(
-        sa.insert(processed_events).values(
-            event_id=event_id, result=result, processed_at=now, worker=worker
-        )
+        sa.insert(processed_events),
+        [
+            {"event_id": event_id, "result": result, "processed_at": now, "worker": worker}
+            for event_id, result in results
+        ],
     )

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from chronos import storage
-from chronos.db import transition
+from chronos.db import transition_matching
 from chronos.handlers import Event
 from chronos.retry import Decision
 from chronos.schema import LEASED, LIVE, READY, events
@@ -119,16 +119,16 @@ def renew(conn: Connection, ids: Sequence[int], *, worker: str, until: float) ->
 
 
 def succeed(
-    conn: Connection, claim_id: int, result: str | None, *, worker: str, now: float
-) -> None:
-    """PROCESSING -> PROCESSED and the storage row, in the caller's transaction.
+    conn: Connection, results: dict[int, str | None], *, worker: str, now: float
+) -> list[int]:
+    """PROCESSING -> PROCESSED and the storage rows, in the caller's transaction.
 
-    Raises:
-        GuardFailed: the lease was lost; nothing is written.
+    Returns the ids recorded; an id missing from it had lost its lease, and
+    nothing was written for it.
     """
-    transition(
+    done = transition_matching(
         conn,
-        [claim_id],
+        sorted(results),
         State.PROCESSING,
         State.PROCESSED,
         owner=WORKER,
@@ -137,18 +137,18 @@ def succeed(
         lease_owner=worker,
         values={"lease_owner": None, "lease_expires_at": None},
     )
-    storage.store(conn, claim_id, result, worker=worker, now=now)
+    storage.store(conn, [(i, results[i]) for i in sorted(done)], worker=worker, now=now)
+    return done
 
 
 def fail(
     conn: Connection, claim_id: int, decision: Decision, *, error: str, worker: str, now: float
-) -> None:
+) -> bool:
     """PROCESSING -> FAILED_RETRYABLE or FAILED_TERMINAL as `decision` says.
 
-    Raises:
-        GuardFailed: the lease was lost; nothing is written.
+    Returns False, writing nothing, when the lease was lost.
     """
-    transition(
+    done = transition_matching(
         conn,
         [claim_id],
         State.PROCESSING,
@@ -165,11 +165,15 @@ def fail(
             "lease_expires_at": None,
         },
     )
+    return bool(done)
 
 
-def release(conn: Connection, ids: Sequence[int], *, worker: str, now: float) -> None:
-    """Give back claims never started (graceful stop): not counted as an attempt."""
-    transition(
+def release(conn: Connection, ids: Sequence[int], *, worker: str, now: float) -> list[int]:
+    """Give back claims never started (graceful stop), not counted as an attempt.
+
+    Returns the ids released; the others had lost their lease.
+    """
+    return transition_matching(
         conn,
         ids,
         State.PROCESSING,

@@ -56,6 +56,29 @@ def _parse_int(digits: str) -> int | float:
         return float(digits)
 
 
+# Built once: json.loads with hooks builds a new decoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_BIG_INT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_parse_int)
+
+
+def _decode(text: str) -> Any:
+    try:
+        try:
+            return _DECODER.decode(text)
+        except json.JSONDecodeError:
+            raise
+        except ValueError:  # an integer past Python's digit limit: rare, so slower
+            return _BIG_INT_DECODER.decode(text)
+    except Invalid:
+        raise
+    except json.JSONDecodeError as exc:
+        raise Invalid(f"not JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise Invalid(f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise Invalid(f"not JSON: {exc}") from None
+
+
 def parse_timestamp(value: Any) -> float:
     """Return Unix seconds for an RFC 3339 string with a zone, or a finite number.
 
@@ -159,16 +182,7 @@ def parse_line(text: str, line_no: int, *, default_source: str) -> Candidate:
     Raises:
         Invalid: with a reason that names the field at fault.
     """
-    try:
-        obj = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
-    except Invalid:
-        raise
-    except json.JSONDecodeError as exc:
-        raise Invalid(f"not JSON: {exc.msg} at column {exc.colno}") from None
-    except RecursionError:
-        raise Invalid(f"nested deeper than {MAX_DEPTH} levels") from None
-    except ValueError as exc:
-        raise Invalid(f"not JSON: {exc}") from None
+    obj = _decode(text)
     if not isinstance(obj, dict):
         raise Invalid(f"not a JSON object (got {_json_type(obj)})")
     # Counting brackets first keeps the depth walk off the common, shallow path.

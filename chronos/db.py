@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -50,6 +51,9 @@ def sqlite_path(url: str) -> str | None:
         return None
     if not parsed.database or parsed.database == ":memory:":
         return None
+    if parsed.query.get("uri") == "true" and parsed.database.startswith("file:"):
+        # A SQLite URI filename, `sqlite:///file:PATH?mode=ro&uri=true`: the file is PATH.
+        return urllib.parse.unquote(urllib.parse.urlsplit(parsed.database).path) or None
     return parsed.database
 
 
@@ -141,7 +145,12 @@ def translate(exc: sa.exc.DBAPIError, what: str) -> errors.ChronosError:
             f"{what}: the database stayed locked for {BUSY_TIMEOUT_MS // 1000} s"
         )
     if "disk is full" in lowered or "no space left" in lowered or "disk i/o error" in lowered:
-        return errors.DatabaseFull(f"{what}: {message}; nothing accepted was lost")
+        # SQLite reports ENOSPC as "database or disk is full" but EFBIG (a file-size
+        # limit or quota) as "disk I/O error" (SQLITE_IOERR_WRITE): name both causes.
+        return errors.DatabaseFull(
+            f"{what}: cannot write: the disk or a file-size limit is full, or the disk "
+            f"failed ({message}); nothing accepted was lost"
+        )
     if "readonly database" in lowered or "read-only" in lowered:
         return errors.DatabaseError(f"{what}: the database is read-only ({message})")
     if "file is not a database" in lowered:

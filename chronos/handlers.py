@@ -60,8 +60,10 @@ def to_json(result: Any) -> str | None:
     if result is None:
         return None
     try:
-        return json.dumps(result, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(result, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")  # a lone surrogate has no UTF-8 form: no column can hold it
+        return text
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise errors.TerminalError(f"result is not JSON-serialisable: {exc}") from exc
 
 

@@ -318,10 +318,15 @@ class Worker:
         return restore
 
 
+def _storable(text: str) -> str:
+    # A handler's message may hold a lone surrogate, which no database text can store.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _summary(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:500]
+    return _storable(f"{type(exc).__name__}: {exc}"[:500])
 
 
 def _describe(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception(exc))
+    text = _storable("".join(traceback.format_exception(exc)))
     return text if len(text) <= MAX_ERROR_CHARS else "..." + text[-MAX_ERROR_CHARS:]

@@ -16,6 +16,10 @@ _RFC3339 = re.compile(
 )
 _MIN_TS = dt.datetime(1, 1, 2, tzinfo=dt.UTC).timestamp()
 _MAX_TS = dt.datetime(9999, 12, 30, tzinfo=dt.UTC).timestamp()
+# Cheap pre-checks, so that the common line is never walked twice: a number long or
+# large enough to overflow a float, and an escaped UTF-16 surrogate.
+_HUGE_NUMBER = re.compile(r"\d{309}|[eE]\+?\d{3}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,33 @@ def _checked_text(field: str, value: str) -> str:
         raise Invalid(f"field {field!r}: must be 1 to {MAX_FIELD_CHARS} characters")
     if "\x00" in value:  # PostgreSQL text cannot hold NUL; keep both databases alike
         raise Invalid(f"field {field!r}: contains a NUL character")
+    if not value.isascii() and not _encodable(value):
+        raise Invalid(f"field {field!r}: contains an unpaired surrogate")
     return value
+
+
+def _encodable(value: str) -> bool:
+    """Tell whether `value` has a UTF-8 form (a lone surrogate has none)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _overflows(value: Any) -> bool:
+    """Tell whether a number parsed as infinite: 1e400, or an integer of over 4300
+    digits, which `_parse_int` could only turn into a float."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and math.isinf(item):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _key(obj: dict[str, Any]) -> str | None:
@@ -190,7 +220,7 @@ def parse_line(text: str, line_no: int, *, default_source: str) -> Candidate:
         raise Invalid(f"nested deeper than {MAX_DEPTH} levels")
     if "timestamp" not in obj:
         raise Invalid("field 'timestamp': missing")
-    return Candidate(
+    candidate = Candidate(
         line_no=line_no,
         source=_optional_text(obj, "source") or default_source,
         key=_key(obj),
@@ -198,6 +228,16 @@ def parse_line(text: str, line_no: int, *, default_source: str) -> Candidate:
         event_time=parse_timestamp(obj["timestamp"]),
         payload=text,
     )
+    # What is accepted must be readable by every worker and by `inspect`: Python turns
+    # 1e400 into inf and cannot read integers of more than 4300 digits, and a lone
+    # surrogate escape is no Unicode text (RFC 7493, I-JSON), so no column holds it.
+    if _HUGE_NUMBER.search(text) and _overflows(obj):
+        raise Invalid(
+            "a number is out of range (beyond a 64-bit float, or an integer of over 4300 digits)"
+        )
+    if _SURROGATE_ESCAPE.search(text) and not _encodable(json.dumps(obj, ensure_ascii=False)):
+        raise Invalid("contains an unpaired surrogate escape (\\ud800 to \\udfff)")
+    return candidate
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")

@@ -383,17 +383,26 @@ def test_payload_is_stored_unchanged(db_url: str, write_jsonl: WriteJsonl) -> No
     assert list(detail["payload"]) == ["z", "timestamp", "text", "big", "a"]
 
 
-def test_integer_longer_than_4300_digits_in_the_payload_is_kept_unchanged(
+def test_a_number_python_cannot_read_back_is_rejected_not_accepted_half_usable(
     sqlite_url: str, write_jsonl: WriteJsonl
 ) -> None:
-    line = '{"timestamp": 1767225600, "reading": 1' + "0" * 5000 + "}"
-    path = write_jsonl([line])
+    # Accepted means every worker and `inspect` can read it: an integer of over 4300
+    # digits or 1e400 could be stored but never processed or shown.
+    near = '{"timestamp": 1767225600, "reading": 1' + "0" * 4000 + "}"
+    path = write_jsonl(
+        [
+            '{"timestamp": 1767225600, "reading": 1' + "0" * 5000 + "}",
+            '{"timestamp": 1767225600, "reading": 1e400}',
+            near,
+        ]
+    )
 
     report = _ingest(sqlite_url, path)
 
-    assert (report.accepted, report.rejected) == (1, 0)
+    assert (report.accepted, report.rejected) == (1, 2)
+    assert all("out of range" in r.reason for r in report.rejections)
     [row] = _query(sqlite_url, sa.select(events.c.payload))
-    assert row.payload == line
+    assert row.payload == near
 
 
 def test_ingested_events_are_buffered_with_their_whole_history(

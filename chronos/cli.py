@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
@@ -111,8 +112,20 @@ def _chronos() -> Chronos:
     return Chronos(options.db, synchronous=options.synchronous)
 
 
-def _print_json(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str), highlight=False)
+def _print_json(data: Any, *, raw: dict[str, str | None] | None = None) -> None:
+    """Print JSON on stdout; `raw` fields are spliced in as stored, never re-encoded."""
+    data = dict(data)
+    spliced = {}
+    for field, text in (raw or {}).items():
+        if text is None:
+            continue
+        marker = f"chronos-raw-{uuid.uuid4().hex}"
+        data[field] = marker
+        spliced[json.dumps(marker)] = text
+    rendered = json.dumps(data, indent=2, default=str, ensure_ascii=False)
+    for marker, text in spliced.items():
+        rendered = rendered.replace(marker, text, 1)
+    sys.stdout.write(rendered + "\n")
 
 
 @command
@@ -315,7 +328,8 @@ def inspect(
     with _chronos() as chronos:
         detail = chronos.inspect(event_id)
     if as_json:
-        _print_json(detail)
+        raw = {"payload": detail.pop("payload_json"), "result": detail.pop("result_json")}
+        _print_json(detail, raw=raw)
     else:
         render.event(out, detail)
 

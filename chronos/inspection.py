@@ -24,14 +24,17 @@ def event_detail(conn: Connection, event_id: int) -> dict[str, Any]:
         raise errors.NotFound(f"no event with id {event_id}")
     detail: dict[str, Any] = {k: v for k, v in row.items() if k not in ("actor", "note")}
     detail["payload"] = json.loads(row["payload"])
+    detail["payload_json"] = row["payload"]  # the original text, byte for byte
     stored = (
         conn.execute(sa.select(processed_events).where(processed_events.c.event_id == event_id))
         .mappings()
         .first()
     )
     detail["result"] = None
+    detail["result_json"] = None
     if stored is not None:
         detail["result"] = json.loads(stored["result"]) if stored["result"] is not None else None
+        detail["result_json"] = stored["result"]
         detail["processed_at"] = stored["processed_at"]
         detail["processed_by"] = stored["worker"]
     detail["replays"] = list(

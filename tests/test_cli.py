@@ -218,3 +218,23 @@ def test_unreachable_postgresql_exits_2_with_one_line(tmp_path: Path) -> None:
     result = _run(tmp_path, "stats", db="postgresql://postgres@127.0.0.1:1/none")
 
     _assert_error_line(result, 2, "127.0.0.1")
+
+
+@pytest.mark.slow
+def test_inspect_json_returns_the_payload_and_result_byte_for_byte(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    line = (
+        '{"timestamp": 1E9, "big": 123456789012345678901234567890, "f": 1.50,'
+        ' "s": "\\u00e9\\u0000 \'; DROP TABLE events; --", "n":[ 1 ,2]}'
+    )
+    path = tmp_path / "raw.jsonl"
+    path.write_text(line + "\n", encoding="utf-8")
+    with Chronos(sqlite_url) as chronos:
+        chronos.ingest(str(path))
+        chronos.worker(lambda event: {"echo": event.payload["big"]}).run(drain=True)
+    done = run_cli("inspect", "1", "--json", db=sqlite_url)
+    assert done.returncode == 0, done.stderr
+    assert f'"payload": {line},' in done.stdout
+    assert '"result": {"echo": 123456789012345678901234567890}' in done.stdout
+    assert json.loads(done.stdout)["payload"] == json.loads(line)

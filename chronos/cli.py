@@ -21,7 +21,7 @@ from chronos.app import Chronos
 from chronos.bench import tables as bench_tables
 from chronos.errors import ChronosError
 from chronos.handlers import DEFAULT_HANDLER
-from chronos.ingestion import DEFAULT_MAX_EVENT_BYTES, IngestReport
+from chronos.ingestion import DEFAULT_MAX_EVENT_BYTES
 from chronos.retry import DEFAULT_MAX_ATTEMPTS
 from chronos.runner import DEFAULT_BATCH
 from chronos.states import State
@@ -159,27 +159,6 @@ def _progress(path: str) -> Iterator[Callable[[int, int], None] | None]:
         yield lambda done, lines: bar.update(task, completed=done, lines=lines)
 
 
-def _summary(report: IngestReport) -> None:
-    if report.resumed_at_line and not report.lines:
-        out.print(
-            f"nothing new: ingest #{report.run_id} already covered all "
-            f"{report.resumed_at_line:,} lines of {report.input}"
-        )
-    elif report.resumed_at_line:
-        out.print(
-            f"resumed interrupted ingest #{report.run_id} after line {report.resumed_at_line:,}"
-        )
-    out.print(
-        f"accepted {report.accepted:,}  duplicates {report.duplicates:,}  "
-        f"rejected {report.rejected:,}  ({report.lines:,} lines in {report.seconds:.1f} s)"
-    )
-    if report.resumed_at_line:
-        out.print(
-            f"whole input: accepted {report.total_accepted:,}  duplicates "
-            f"{report.total_duplicates:,}  rejected {report.total_rejected:,}"
-        )
-
-
 @command
 def ingest(
     file: Annotated[str, typer.Argument(help="JSON Lines file, FILE.gz, or - for stdin.")],
@@ -206,14 +185,11 @@ def ingest(
             rejects=rejects,
             progress=progress,
         )
-    for rejection in report.rejections[:20]:
-        err.print(f"line {rejection.line_no}: {rejection.reason}", markup=False)
-    if report.rejected > 20:
-        err.print(f"... and {report.rejected - 20:,} more rejected lines (see --rejects)")
+    render.rejections(err, report)
     if as_json:
         _print_json(report.as_dict())
     else:
-        _summary(report)
+        render.ingest(out, report)
     if report.rejected:
         raise typer.Exit(1)
 
@@ -269,12 +245,7 @@ def worker(
     if as_json:
         _print_json(report.as_dict())
     else:
-        out.print(
-            f"worker {report.name}: processed {report.processed:,}  retried {report.retried:,}  "
-            f"failed terminal {report.failed_terminal:,}  recovered {report.recovered:,}  "
-            f"released {report.released:,}  lost leases {report.lost_leases:,}  "
-            f"({report.seconds:.1f} s)"
-        )
+        render.worker(out, report)
 
 
 def _configure_logging(quiet: bool) -> None:
@@ -396,11 +367,7 @@ def replay(
     if as_json:
         _print_json(report.as_dict())
     else:
-        for original, new in report.replayed:
-            out.print(f"replayed {original} as {new}")
-        for event_id, reason in report.skipped:
-            err.print(f"skipped {event_id}: {reason}", markup=False)
-        out.print(f"replayed {len(report.replayed):,}  skipped {len(report.skipped):,}")
+        render.replay(out, err, report)
     if report.skipped and event_ids:  # an event named by id could not be replayed
         raise typer.Exit(1)
 
@@ -435,13 +402,7 @@ def purge(
     if as_json:
         _print_json(report.__dict__)
         return
-    verb = "would remove" if report.dry_run else "removed"
-    states = ", ".join(f"{k} {v:,}" for k, v in sorted(report.by_state.items())) or "nothing"
-    out.print(
-        f"{verb} {report.events:,} events ({states}), {report.transitions:,} transitions, "
-        f"{report.storage_rows:,} storage rows last changed before {render.iso(report.before)}"
-        + ("; vacuumed" if report.vacuumed else "")
-    )
+    render.purge(out, report)
 
 
 @command

@@ -9,6 +9,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from chronos.ingestion import IngestReport
+from chronos.purge import PurgeReport
+from chronos.replay import ReplayReport
+from chronos.runner import WorkerReport
+
 TIME_FIELDS = (
     "event_time",
     "available_at",
@@ -157,3 +162,65 @@ def check(console: Console, report: dict[str, Any]) -> None:
         )
     console.print(table)
     console.print(f"{len(report['violations']):,} violations")
+
+
+def rejections(console: Console, report: IngestReport, *, most: int = 20) -> None:
+    """Print the first rejected lines with their reasons (all of them go to --rejects)."""
+    for rejection in report.rejections[:most]:
+        console.print(f"line {rejection.line_no}: {rejection.reason}", markup=False)
+    if report.rejected > most:
+        console.print(f"... and {report.rejected - most:,} more rejected lines (see --rejects)")
+
+
+def ingest(console: Console, report: IngestReport) -> None:
+    """Print what an ingest accepted, and whether it resumed an earlier run."""
+    if report.resumed_at_line and not report.lines:
+        console.print(
+            f"nothing new: ingest #{report.run_id} already covered all "
+            f"{report.resumed_at_line:,} lines of {report.input}",
+            markup=False,
+        )
+    elif report.resumed_at_line:
+        console.print(
+            f"resumed interrupted ingest #{report.run_id} after line {report.resumed_at_line:,}"
+        )
+    console.print(
+        f"accepted {report.accepted:,}  duplicates {report.duplicates:,}  "
+        f"rejected {report.rejected:,}  ({report.lines:,} lines in {report.seconds:.1f} s)"
+    )
+    if report.resumed_at_line:
+        console.print(
+            f"whole input: accepted {report.total_accepted:,}  duplicates "
+            f"{report.total_duplicates:,}  rejected {report.total_rejected:,}"
+        )
+
+
+def worker(console: Console, report: WorkerReport) -> None:
+    """Print one worker's totals."""
+    console.print(
+        f"worker {report.name}: processed {report.processed:,}  retried {report.retried:,}  "
+        f"failed terminal {report.failed_terminal:,}  recovered {report.recovered:,}  "
+        f"released {report.released:,}  lost leases {report.lost_leases:,}  "
+        f"({report.seconds:.1f} s)",
+        markup=False,
+    )
+
+
+def replay(console: Console, errors: Console, report: ReplayReport) -> None:
+    """Print each replayed original with its copy, and each skipped one with why."""
+    for original, new in report.replayed:
+        console.print(f"replayed {original} as {new}")
+    for event_id, reason in report.skipped:
+        errors.print(f"skipped {event_id}: {reason}", markup=False)
+    console.print(f"replayed {len(report.replayed):,}  skipped {len(report.skipped):,}")
+
+
+def purge(console: Console, report: PurgeReport) -> None:
+    """Print what a purge removed, or would remove."""
+    verb = "would remove" if report.dry_run else "removed"
+    states = ", ".join(f"{k} {v:,}" for k, v in sorted(report.by_state.items())) or "nothing"
+    console.print(
+        f"{verb} {report.events:,} events ({states}), {report.transitions:,} transitions, "
+        f"{report.storage_rows:,} storage rows last changed before {iso(report.before)}"
+        + ("; vacuumed" if report.vacuumed else "")
+    )

@@ -36,6 +36,7 @@ log = logging.getLogger("chronos.worker")
 MAX_ERROR_CHARS = 4000
 DEFAULT_BATCH = 100
 BATCH_SECONDS = 1.0
+DRAIN_POLL = 0.25
 
 
 @dataclass
@@ -285,7 +286,9 @@ class Worker:
             wake = worker.next_wakeup(conn)
         if wake is None:  # events being ingested right now: look again soon
             return 0.05
-        return max(0.01, min(self.idle_max, wake - self.clock() + 0.001))
+        # Other workers may finish (or release) their events long before their leases
+        # expire, so a draining worker looks again often rather than at the expiry.
+        return max(0.01, min(DRAIN_POLL, self.idle_max, wake - self.clock() + 0.001))
 
     def _log_throughput(self, started: float) -> None:
         elapsed = max(1e-9, time.monotonic() - started)

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import signal
 import socket
 import threading
@@ -69,8 +70,8 @@ class _Outcome:
 
 
 def default_name() -> str:
-    """host:pid, unique among live workers."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """host:pid:random; the suffix keeps containers that share a host name and a pid apart."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
 
 
 class Worker:
@@ -113,14 +114,16 @@ class Worker:
 
     def run_once(self, *, limit: int | None = None) -> int:
         """Recover expired leases, claim one batch and process it; return how many claimed."""
-        now = self.clock()
         size = self._claim_size() if limit is None else max(0, min(self._claim_size(), limit))
         with translated(f"worker {self.name} claiming"), self.engine.begin() as conn:
+            # Read the clock once the write lock is held: a wait for it must not eat
+            # into the lease this claim is about to take.
+            now = self.clock()
             recovered = worker.recover_expired(
                 conn,
                 worker=self.name,
                 max_attempts=self.policy.max_attempts,
-                retry_at=now,
+                retry_at=now,  # the expired lease was the wait: retry at once
                 now=now,
             )
             claims = worker.claim(conn, worker=self.name, batch=size, lease=self.lease, now=now)
@@ -143,16 +146,21 @@ class Worker:
         outcomes: list[_Outcome] = []
         held = {c.id for c in claims}
         started = time.monotonic()
+        begun: set[int] = set()
         with self._heartbeat(held):
             for item in claims:
                 if self._stopping.is_set():
                     break
-                outcomes.append(self._call(item))
+                begun.add(item.id)
+                if item.id in held:
+                    outcomes.append(self._call(item))
+                else:  # the heartbeat found another worker owns it now: do not run it
+                    self._lost({item.id}, "before its handler ran; not run")
         if outcomes:
             per_event = (time.monotonic() - started) / len(outcomes)
             previous = self._per_event if self._per_event is not None else per_event
             self._per_event = 0.7 * previous + 0.3 * per_event
-        self._finish(outcomes, [c for c in claims[len(outcomes) :] if c.id in held])
+        self._finish(outcomes, [c for c in claims if c.id not in begun and c.id in held])
 
     def _call(self, item: Claim) -> _Outcome:
         try:
@@ -259,7 +267,14 @@ class Worker:
                 limit = None if max_events is None else max_events - self.report.claimed
                 if limit is not None and limit <= 0:
                     break
-                if self.run_once(limit=limit):
+                try:
+                    claimed = self.run_once(limit=limit)
+                except errors.DatabaseBusy as exc:  # passing contention: back off, go on
+                    log.warning("database busy, backing off: %s", exc)
+                    self._stopping.wait(idle)
+                    idle = min(self.idle_max, idle * 2)
+                    continue
+                if claimed:
                     idle = 0.05
                 elif drain:
                     wait = self._drain_wait()
@@ -322,7 +337,9 @@ class Worker:
 
 
 def _storable(text: str) -> str:
-    # A handler's message may hold a lone surrogate, which no database text can store.
+    # A handler's message may hold a lone surrogate or a NUL, which no database text
+    # (PostgreSQL's at least) can store.
+    text = text.replace("\x00", "\\x00")
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 

@@ -558,6 +558,53 @@ def test_heartbeat_keeps_a_slow_handler_from_running_twice(db_url: str, accept: 
         assert _stored(app) == {event_id: ("done", "slow")}
 
 
+def test_a_claim_the_heartbeat_found_lost_is_not_run(db_url: str, accept: Accept) -> None:
+    """Real time: the first handler steals the second claim's lease and waits until
+    the heartbeat has noticed; the second handler must then never run."""
+    import logging
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    collector = Collect()
+    logging.getLogger("chronos.worker").addHandler(collector)
+    thief = create_engine(resolve_url(db_url))
+    try:
+        with Chronos(db_url) as app:
+            first, second = accept(app, 2)
+            calls: list[int] = []
+
+            def handler(event: Event) -> str:
+                calls.append(event.id)
+                if event.id == first:
+                    with thief.begin() as conn:
+                        conn.execute(
+                            sa.update(events)
+                            .where(events.c.id == second)
+                            .values(lease_owner="thief")
+                        )
+                    deadline = time.monotonic() + 10
+                    while not any(f"event={second} lease lost" in r for r in records):
+                        assert time.monotonic() < deadline, "the heartbeat never noticed"
+                        time.sleep(0.01)
+                return "done"
+
+            worker = app.worker(handler, name="holder", lease=0.3)
+            assert worker.run_once() == 2
+
+            assert calls == [first]
+            assert worker.report.processed == 1
+            assert worker.report.lost == [second]
+            assert _stored(app) == {first: ("done", "holder")}
+            assert _detail(app, second)["lease_owner"] == "thief"
+    finally:
+        logging.getLogger("chronos.worker").removeHandler(collector)
+        thief.dispose()
+
+
 # -- stopping -------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -9,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from chronos import bench, check, db, demo, ingestion, inspection, migrate
+from chronos import bench, check, db, demo, errors, ingestion, inspection, migrate
 from chronos import purge as purging
 from chronos import replay as replaying
 from chronos.handlers import DEFAULT_HANDLER, Handler, load_handler
@@ -131,7 +132,15 @@ class Chronos:
         """Migrate, ingest the bundled sample, drain it with worker processes, report."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        # The demo handler fails events on purpose: never let it near a real queue.
+        path = db.sqlite_path(self.url)
+        if path is not None and os.path.exists(path):
+            raise errors.UsageError(f"the demo needs a new database, and {path} exists")
         revision = self.migrate()
+        if self.stats()["total"]:
+            raise errors.UsageError(
+                f"the demo needs an empty database; {self.describe()} has events"
+            )
         report = self.ingest(demo.sample_path())
         demo.run_workers(self.url, workers=workers)
         with db.translated("reading the outcome"), self._read() as conn:

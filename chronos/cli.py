@@ -260,6 +260,7 @@ def _configure_logging(quiet: bool) -> None:
 
 
 DEMO_DB = "chronos-demo.db"
+MAX_ID = 2**63 - 1  # ids are 64-bit in both databases
 
 
 @command
@@ -277,8 +278,6 @@ def demo(
         for suffix in ("", "-wal", "-shm"):  # the demo's own file: start afresh
             if os.path.exists(path + suffix):
                 os.remove(path + suffix)
-    elif os.path.exists(path):
-        _fail(f"the demo needs a new database, and {path} exists", 2)
     with _boundary(), Chronos(path, synchronous=options.synchronous) as chronos:
         outcome = chronos.demo(workers=workers)
     if as_json:
@@ -289,7 +288,7 @@ def demo(
 
 @command
 def inspect(
-    event_id: Annotated[int, typer.Argument(help="The event's id.")],
+    event_id: Annotated[int, typer.Argument(help="The event's id.", min=1, max=MAX_ID)],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one event: state, attempts, payload, result and its whole history.
@@ -342,7 +341,8 @@ def check(
 @command
 def replay(
     event_ids: Annotated[
-        list[int] | None, typer.Argument(help="Events to replay (default: all matching).")
+        list[int] | None,
+        typer.Argument(help="Events to replay (default: all matching).", min=1, max=MAX_ID),
     ] = None,
     state: Annotated[
         State, typer.Option(help="Terminal state to select by filters.")

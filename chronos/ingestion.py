@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -150,7 +150,9 @@ def _classify(line: _Line, *, default_source: str, max_bytes: int) -> Candidate 
 def _latest_run(conn: Connection, identity: str) -> sa.Row[tuple[object, ...]] | None:
     return conn.execute(
         sa.select(ingest_runs)
-        .where(ingest_runs.c.input == identity)
+        # A run that committed nothing (an empty file, a failure at once) must not
+        # hide an earlier run of the same file.
+        .where(ingest_runs.c.input == identity, ingest_runs.c.byte_offset > 0)
         .order_by(ingest_runs.c.id.desc())
         .limit(1)
     ).first()
@@ -286,7 +288,10 @@ class Ingest:
         with translated("starting the ingest"), self.engine.begin() as conn:
             run = _latest_run(conn, identity) if identity != "-" else None
             if run is not None and run.byte_offset > 0:
-                reader.skip(run.byte_offset, run.lines)
+                try:
+                    reader.skip(run.byte_offset, run.lines)
+                except (OSError, EOFError, gzip.BadGzipFile) as exc:
+                    raise errors.InputError(f"cannot read {self.path}: {exc}") from exc
                 if reader.offset == run.byte_offset and reader.sha.hexdigest() == run.prefix_sha256:
                     report = IngestReport(
                         input=identity,
@@ -319,7 +324,7 @@ class Ingest:
             return None
         path = os.path.abspath(self.rejects_path)
         try:
-            if previous == path and os.path.exists(path):
+            if previous == path and os.path.exists(path) and os.path.getsize(path) >= offset:
                 handle = open(path, "r+", encoding="utf-8")
                 handle.truncate(offset)  # drop lines written after the last checkpoint
                 handle.seek(offset)
@@ -356,11 +361,12 @@ class Ingest:
                     line_no=item.line_no,
                 )
             )
-        rejects_offset = 0
+        rejects_offset: Any = ingest_runs.c.rejects_offset  # unchanged without --rejects
         if rejects is not None:
             for rejection in rejected:
                 rejects.write(json.dumps(rejection.__dict__, ensure_ascii=False) + "\n")
             rejects.flush()
+            os.fsync(rejects.fileno())  # as durable as the checkpoint that points past it
             rejects_offset = rejects.tell()
         with translated(f"accepting lines up to {reader.line_no}"), self.engine.begin() as conn:
             ids = receive(conn, rows)

@@ -189,6 +189,16 @@ def sqlite_triggers() -> list[str]:
         "CREATE TRIGGER event_transitions_no_replace BEFORE INSERT ON event_transitions "
         "WHEN EXISTS (SELECT 1 FROM event_transitions WHERE id = NEW.id) "
         "BEGIN SELECT RAISE(ABORT, 'chronos: history is append-only'); END",
+        # REPLACE through a unique key would delete a live event: skip the row instead,
+        # which is what ingestion's ON CONFLICT DO NOTHING asks for anyway.
+        "CREATE TRIGGER events_no_replace_key BEFORE INSERT ON events "
+        "WHEN NEW.key IS NOT NULL AND EXISTS (SELECT 1 FROM events "
+        "WHERE source = NEW.source AND key = NEW.key) "
+        "BEGIN SELECT RAISE(IGNORE); END",
+        "CREATE TRIGGER events_no_replace_line BEFORE INSERT ON events "
+        "WHEN NEW.ingest_run_id IS NOT NULL AND EXISTS (SELECT 1 FROM events "
+        "WHERE ingest_run_id = NEW.ingest_run_id AND line_no = NEW.line_no) "
+        "BEGIN SELECT RAISE(IGNORE); END",
         "CREATE TRIGGER processed_events_no_replace BEFORE INSERT ON processed_events "
         "WHEN EXISTS (SELECT 1 FROM processed_events WHERE event_id = NEW.event_id) "
         "BEGIN SELECT RAISE(ABORT, 'chronos: storage rows never change'); END",

@@ -238,3 +238,30 @@ def test_inspect_json_returns_the_payload_and_result_byte_for_byte(
     assert f'"payload": {line},' in done.stdout
     assert '"result": {"echo": 123456789012345678901234567890}' in done.stdout
     assert json.loads(done.stdout)["payload"] == json.loads(line)
+
+
+@pytest.mark.slow
+def test_demo_refuses_an_existing_database_given_as_a_url(sqlite_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "real.jsonl"
+    path.write_text('{"timestamp": 1, "demo": "broken"}\n', encoding="utf-8")
+    with Chronos(sqlite_url) as chronos:
+        chronos.ingest(str(path))
+
+    done = run_cli("demo", db=sqlite_url)
+
+    assert done.returncode == 2
+    assert "the demo needs a new database" in done.stderr
+    with Chronos(sqlite_url) as chronos:
+        assert chronos.stats()["counts"]["BUFFERED"] == 1  # the real queue is untouched
+
+
+@pytest.mark.slow
+def test_demo_outcome_adds_up(tmp_path: Path) -> None:
+    done = run_cli("demo", "--json", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["accepted"] == outcome["processed"] + outcome["failed_terminal"]
+    assert (outcome["rejected"], outcome["duplicates"], outcome["unfinished"]) == (3, 2, 0)
+    assert outcome["failed_terminal"] == 3
+    assert (tmp_path / "chronos-demo.db").exists()

@@ -578,3 +578,37 @@ def test_a_nan_literal_is_rejected_with_one_plain_reason(
         "not JSON: NaN is not a JSON value",
         "not JSON: -Infinity is not a JSON value",
     ]
+
+
+def test_a_run_of_the_file_while_it_was_empty_does_not_hide_the_earlier_run(
+    sqlite_url: str, write_jsonl: WriteJsonl, tmp_path: Path
+) -> None:
+    path = write_jsonl(['{"timestamp": 1}', '{"timestamp": 2}'])
+    content = path.read_bytes()
+    assert _ingest(sqlite_url, path).accepted == 2
+    path.write_bytes(b"")
+    assert _ingest(sqlite_url, path).accepted == 0
+    path.write_bytes(content)
+
+    again = _ingest(sqlite_url, path)
+
+    assert (again.accepted, again.resumed_at_line) == (0, 2)
+    assert len(_query(sqlite_url, sa.select(events.c.id))) == 2
+
+
+def test_a_resume_without_rejects_keeps_the_rejects_written_before(
+    sqlite_url: str, write_jsonl: WriteJsonl, tmp_path: Path
+) -> None:
+    rejects = tmp_path / "rejects.jsonl"
+    path = write_jsonl(["bad1", '{"timestamp": 1}'])
+    _ingest(sqlite_url, path, rejects=str(rejects))
+    with path.open("ab") as handle:
+        handle.write(b'{"timestamp": 2}\n')
+    _ingest(sqlite_url, path)  # no --rejects this time
+    with path.open("ab") as handle:
+        handle.write(b"bad2\n")
+
+    _ingest(sqlite_url, path, rejects=str(rejects))
+
+    raws = [json.loads(line)["raw"] for line in rejects.read_text().splitlines()]
+    assert raws == ["bad1", "bad2"]

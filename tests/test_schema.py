@@ -393,3 +393,27 @@ def test_frozen_sqlite_triggers_match_the_ones_schema_derives() -> None:
 
 def test_frozen_postgresql_triggers_match_the_ones_schema_derives() -> None:
     assert _frozen("POSTGRESQL_TRIGGERS") == schema.postgresql_triggers()
+
+
+def test_sqlite_insert_or_replace_through_a_producer_key_cannot_delete_a_live_event(
+    sqlite_url: str,
+) -> None:
+    engine = create_engine(resolve_url(sqlite_url))
+    try:
+        event_id = _event_in(engine, State.BUFFERED, key="k1")
+        before = _snapshot(engine)
+        with engine.begin() as conn:
+            source = conn.execute(
+                sa.text("SELECT source FROM events WHERE id = :id"), {"id": event_id}
+            ).scalar_one()
+            conn.execute(
+                sa.text(
+                    "INSERT OR REPLACE INTO events (source, key, event_time, payload, state, "
+                    "available_at, created_at, updated_at, actor) "
+                    "VALUES (:source, 'k1', 1, '{}', 'RECEIVED', 1, 1, 1, 'x')"
+                ),
+                {"source": source},
+            )
+        assert _snapshot(engine) == before  # the replacing row was skipped, nothing deleted
+    finally:
+        engine.dispose()

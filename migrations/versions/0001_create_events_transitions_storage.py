@@ -33,6 +33,8 @@ SQLITE_TRIGGERS = [
     "CREATE TRIGGER processed_events_immutable BEFORE UPDATE ON processed_events BEGIN SELECT RAISE(ABORT, 'chronos: storage rows never change'); END",
     "CREATE TRIGGER events_no_replace BEFORE INSERT ON events WHEN EXISTS (SELECT 1 FROM events WHERE id = NEW.id) BEGIN SELECT RAISE(ABORT, 'chronos: event ids are never reused'); END",
     "CREATE TRIGGER event_transitions_no_replace BEFORE INSERT ON event_transitions WHEN EXISTS (SELECT 1 FROM event_transitions WHERE id = NEW.id) BEGIN SELECT RAISE(ABORT, 'chronos: history is append-only'); END",
+    "CREATE TRIGGER events_no_replace_key BEFORE INSERT ON events WHEN NEW.key IS NOT NULL AND EXISTS (SELECT 1 FROM events WHERE source = NEW.source AND key = NEW.key) BEGIN SELECT RAISE(IGNORE); END",
+    "CREATE TRIGGER events_no_replace_line BEFORE INSERT ON events WHEN NEW.ingest_run_id IS NOT NULL AND EXISTS (SELECT 1 FROM events WHERE ingest_run_id = NEW.ingest_run_id AND line_no = NEW.line_no) BEGIN SELECT RAISE(IGNORE); END",
     "CREATE TRIGGER processed_events_no_replace BEFORE INSERT ON processed_events WHEN EXISTS (SELECT 1 FROM processed_events WHERE event_id = NEW.event_id) BEGIN SELECT RAISE(ABORT, 'chronos: storage rows never change'); END",
 ]
 

@@ -50,6 +50,7 @@ class IngestReport:
     duplicates: int = 0
     rejected: int = 0
     blank: int = 0
+    held_tail_bytes: int = 0  # an unfinished last line, left for the next run
     total_accepted: int = 0
     total_duplicates: int = 0
     total_rejected: int = 0
@@ -71,13 +72,20 @@ class _Line:
 
 
 class _Reader:
-    """Reads lines with their byte offsets and a running hash, in constant memory."""
+    """Reads lines with their byte offsets and a running hash, in constant memory.
 
-    def __init__(self, stream: BinaryIO, max_bytes: int) -> None:
+    With `hold_tail`, a last line that has no newline and is not complete JSON is
+    left unread: a producer may still be writing it, and the next run of the same
+    file resumes before it instead of rejecting half a line.
+    """
+
+    def __init__(self, stream: BinaryIO, max_bytes: int, *, hold_tail: bool = False) -> None:
         self.stream = stream
         self.max_bytes = max_bytes
+        self.hold_tail = hold_tail
         self.offset = 0
         self.line_no = 0
+        self.held_tail = 0  # bytes of an unfinished last line left for the next run
         self.sha = hashlib.sha256()
 
     def _read(self, limit: int) -> bytes:
@@ -99,10 +107,17 @@ class _Reader:
         self.line_no = lines
 
     def __iter__(self) -> Iterator[_Line]:
+        limit = self.max_bytes + 2  # room for CRLF after a maximal line
         while True:
-            raw = self._read(self.max_bytes + 2)  # room for CRLF after a maximal line
+            raw = self.stream.readline(limit)
             if not raw:
                 return
+            if self.hold_tail and len(raw) < limit and not raw.endswith(b"\n"):
+                if not _complete(raw):
+                    self.held_tail = len(raw)
+                    return
+            self.sha.update(raw)
+            self.offset += len(raw)
             self.line_no += 1
             too_large = False
             if not raw.endswith(b"\n") and len(raw) > self.max_bytes:
@@ -112,6 +127,17 @@ class _Reader:
                     if not rest or rest.endswith(b"\n"):
                         break
             yield _Line(self.line_no, raw, self.offset, too_large)
+
+
+def _complete(tail: bytes) -> bool:
+    """Tell whether an unterminated last line is whole: blank, or one JSON value."""
+    if not tail.strip():
+        return True
+    try:
+        json.loads(tail)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def open_input(path: str) -> tuple[BinaryIO, str, int | None]:
@@ -277,6 +303,7 @@ class Ingest:
         finally:
             if rejects is not None:
                 rejects.close()
+        report.held_tail_bytes = reader.held_tail
         report.seconds = time.monotonic() - started
         return report
 
@@ -284,7 +311,7 @@ class Ingest:
         self, stream: BinaryIO, identity: str
     ) -> tuple[_Reader, IngestReport, IO[str] | None]:
         now = self.clock()
-        reader = _Reader(stream, self.max_event_bytes)
+        reader = _Reader(stream, self.max_event_bytes, hold_tail=identity != "-")
         with translated("starting the ingest"), self.engine.begin() as conn:
             run = _latest_run(conn, identity) if identity != "-" else None
             if run is not None and run.byte_offset > 0:
@@ -305,7 +332,7 @@ class Ingest:
                     return reader, report, rejects
                 # The file changed under the checkpoint: a new input, read from the start.
                 stream.seek(0)
-                reader = _Reader(stream, self.max_event_bytes)
+                reader = _Reader(stream, self.max_event_bytes, hold_tail=identity != "-")
             run_id = conn.execute(
                 sa.insert(ingest_runs)
                 .values(

@@ -174,6 +174,11 @@ def rejections(console: Console, report: IngestReport, *, most: int = 20) -> Non
 
 def ingest(console: Console, report: IngestReport) -> None:
     """Print what an ingest accepted, and whether it resumed an earlier run."""
+    if report.held_tail_bytes:
+        console.print(
+            f"the last line ({report.held_tail_bytes:,} bytes) has no newline and is not "
+            "complete JSON yet: left for the next run of this file"
+        )
     if report.resumed_at_line and not report.lines:
         console.print(
             f"nothing new: ingest #{report.run_id} already covered all "

@@ -612,3 +612,31 @@ def test_a_resume_without_rejects_keeps_the_rejects_written_before(
 
     raws = [json.loads(line)["raw"] for line in rejects.read_text().splitlines()]
     assert raws == ["bad1", "bad2"]
+
+
+def test_a_half_written_last_line_is_left_for_the_next_run(sqlite_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "growing.jsonl"
+    path.write_bytes(b'{"timestamp": 1}\n{"timestamp": 2, "v"')
+
+    first = _ingest(sqlite_url, path)
+    assert (first.accepted, first.rejected, first.held_tail_bytes) == (1, 0, 20)
+
+    with path.open("ab") as handle:
+        handle.write(b': 7}\n{"timestamp": 3}')  # the producer finishes; a whole tail
+    second = _ingest(sqlite_url, path)
+
+    assert (second.accepted, second.rejected, second.held_tail_bytes) == (2, 0, 0)
+    rows = _query(sqlite_url, sa.select(events.c.line_no, events.c.payload).order_by(events.c.id))
+    assert rows == [
+        (1, '{"timestamp": 1}'),
+        (2, '{"timestamp": 2, "v": 7}'),
+        (3, '{"timestamp": 3}'),
+    ]
+
+
+def test_stdin_rejects_an_unfinished_last_line_since_it_cannot_be_read_again(
+    sqlite_url: str,
+) -> None:
+    done = run_cli("ingest", "-", db=sqlite_url, input='{"timestamp": 1}\n{"timestamp": 2')
+    assert done.returncode == 1
+    assert "line 2: not JSON" in done.stderr

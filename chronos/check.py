@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from chronos.inspection import counts_by_state
 from chronos.schema import event_transitions, events, processed_events
 from chronos.states import INITIAL, TRANSITIONS, State
 from chronos.worker import RELEASE_NOTE
@@ -84,11 +85,7 @@ def audit(conn: Connection, *, now: float, limit: int = 1000) -> CheckReport:
             per_rule[violation.rule] = per_rule.get(violation.rule, 0) + 1
             if per_rule[violation.rule] <= limit:
                 violations.append(violation)
-    counts = {s.value: 0 for s in State}
-    for state, count in conn.execute(
-        sa.select(events.c.state, sa.func.count()).group_by(events.c.state)
-    ):
-        counts[state] = count
+    counts = counts_by_state(conn)
     expired = [
         {"event_id": row.id, "lease_owner": row.lease_owner, "expired_at": row.lease_expires_at}
         for row in conn.execute(

@@ -58,13 +58,19 @@ def event_detail(conn: Connection, event_id: int) -> dict[str, Any]:
     return detail
 
 
-def queue_stats(conn: Connection, *, now: float, window: float = 60.0) -> dict[str, Any]:
-    """Return counts by state, the backlog, the oldest waiting event and recent throughput."""
+def counts_by_state(conn: Connection) -> dict[str, int]:
+    """Count events in every state, zero included."""
     counts = {s.value: 0 for s in State}
     for state, count in conn.execute(
         sa.select(events.c.state, sa.func.count()).group_by(events.c.state)
     ):
         counts[state] = count
+    return counts
+
+
+def queue_stats(conn: Connection, *, now: float, window: float = 60.0) -> dict[str, Any]:
+    """Return counts by state, the backlog, the oldest waiting event and recent throughput."""
+    counts = counts_by_state(conn)
     waiting = [s.value for s in CLAIMABLE]
     oldest = conn.execute(
         sa.select(events.c.id, events.c.created_at)

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from chronos import Chronos
 from chronos.db import create_engine, resolve_url
+from chronos.states import INITIAL, TRANSITIONS, State
 
 PG_URL = os.environ.get("CHRONOS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -124,6 +125,19 @@ def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return writer
+
+
+def path_to(state: State) -> list[State]:
+    """The states after RECEIVED on a shortest legal path from RECEIVED to `state`."""
+    paths: dict[State, list[State]] = {INITIAL: []}
+    frontier = [INITIAL]
+    while frontier:
+        here = frontier.pop(0)
+        for a, b in TRANSITIONS:
+            if a == here and b not in paths:
+                paths[b] = [*paths[a], b]
+                frontier.append(b)
+    return paths[state]
 
 
 def run_cli(*args: str, db: str | None = None, **kwargs: Any) -> subprocess.CompletedProcess[str]:

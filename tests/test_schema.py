@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from conftest import path_to
 
 from chronos import schema
 from chronos.db import create_engine, resolve_url
@@ -34,24 +35,11 @@ def _insert_sql(state: str = "RECEIVED") -> sa.TextClause:
     )
 
 
-def _path_to(state: State) -> list[State]:
-    """The states after RECEIVED on a shortest legal path from RECEIVED to `state`."""
-    paths: dict[State, list[State]] = {INITIAL: []}
-    frontier = [INITIAL]
-    while frontier:
-        here = frontier.pop(0)
-        for a, b in TRANSITIONS:
-            if a == here and b not in paths:
-                paths[b] = [*paths[a], b]
-                frontier.append(b)
-    return paths[state]
-
-
 def _event_in(engine: sa.Engine, state: State, *, key: str | None = None) -> int:
     """Insert an event with raw SQL and walk it to `state` through legal raw UPDATEs."""
     with engine.begin() as conn:
         event_id: int = conn.execute(_insert_sql(), {"key": key}).scalar_one()
-        for n, step in enumerate(_path_to(state), start=1):
+        for n, step in enumerate(path_to(state), start=1):
             conn.execute(
                 sa.text(
                     "UPDATE events SET state = :s, actor = 'setup', updated_at = :at WHERE id = :id"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import path_to
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -174,19 +175,6 @@ def test_random_transitions_succeed_exactly_when_the_table_allows_them(
             _assert_chain(history[i], model[i])
 
 
-def _path_to(state: State) -> list[State]:
-    """The states after RECEIVED on a shortest legal path from RECEIVED to `state`."""
-    paths: dict[State, list[State]] = {INITIAL: []}
-    frontier = [INITIAL]
-    while frontier:
-        here = frontier.pop(0)
-        for a, b in TRANSITIONS:
-            if a == here and b not in paths:
-                paths[b] = [*paths[a], b]
-                frontier.append(b)
-    return paths[state]
-
-
 def _raw_event_in(engine: sa.Engine, state: State) -> int:
     """Insert an event with raw SQL and walk it to `state` through legal raw UPDATEs."""
     with engine.begin() as conn:
@@ -197,7 +185,7 @@ def _raw_event_in(engine: sa.Engine, state: State) -> int:
                 "'test') RETURNING id"
             )
         ).scalar_one()
-        for step in _path_to(state):
+        for step in path_to(state):
             conn.execute(
                 sa.text("UPDATE events SET state = :s WHERE id = :id"),
                 {"s": step.value, "id": event_id},
